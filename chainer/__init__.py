@@ -1,0 +1,30 @@
+"""chainer: a proxy-chaining router. Public names only."""
+
+from .errors import (
+    BadTarget,
+    ChainerError,
+    ChainFailed,
+    ConfigError,
+    ConfigErrors,
+    HopError,
+    HopTimeout,
+    HopUnreachable,
+    Refused,
+)
+from .models import Address, Config
+from .router import Router
+
+__all__ = [
+    "Address",
+    "BadTarget",
+    "ChainFailed",
+    "ChainerError",
+    "Config",
+    "ConfigError",
+    "ConfigErrors",
+    "HopError",
+    "HopTimeout",
+    "HopUnreachable",
+    "Refused",
+    "Router",
+]

@@ -1,0 +1,463 @@
+"""Builds one connection's chain, hop by hop, with per-hop deadlines and failover.
+
+How this works. A chain is a list of hop groups; position k holds the candidates for hop
+k+1. `_extend(prev, pos, path)` holds a stream that reaches the last node of `path` and
+tries the candidates of position `pos` in the order health gives: for hop 1 that is TCP
+(and TLS for https hops); for an inner hop it is a request to the previous hop, sent
+through the tunnel built so far. Once the last hop is reached it is asked for the
+destination. Every wait runs under one cancel scope whose deadline is the earliest of the
+limits that apply to it, and the limit that fires names the hop to blame:
+
+  reach hop 1          hop 1's connect_timeout (TLS included)      -> hop 1
+  ask hop k for k+1    hop k's handshake_timeout                     -> hop k
+                       hop k+1's connect_timeout (TLS to it incl.)  -> hop k+1
+  ask last for dest    the last hop's handshake_timeout             -> the last hop
+  any of them          the connection's deadline                    -> the whole attempt
+
+An answer is charged to the hop it is about: hop k's 502 about hop k+1 is a failure of
+hop k+1 (as reached from hop k); 407/403 and garbage are hop k's own. A failure charged
+to the current position moves on to the next candidate there, after rebuilding the prefix
+with the same nodes (a failed CONNECT usually costs the previous hop's connection); a
+failure charged to an earlier position unwinds to that position (backtracking); a
+position whose candidates are exhausted makes the position before it try its next one.
+Every failure is kept, in order, for the client's error and the log line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+from anyio.abc import ByteStream
+
+from . import hops
+from .errors import (
+    ChainerError,
+    ChainFailed,
+    HopAnswer,
+    HopError,
+    HopProtocolError,
+    HopTimeout,
+    HopUnreachable,
+    Refused,
+)
+from .health import Health
+from .models import Address, Proxy, Timeouts, Via
+
+T = TypeVar("T")
+
+_TRANSPORT_ERRORS = (OSError, anyio.EndOfStream, anyio.BrokenResourceError)
+MAX_ATTEMPTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class HopTrace:
+    """One hop actually used: its position, name and how long reaching it took."""
+
+    index: int
+    name: str
+    seconds: float
+
+
+@dataclass(slots=True)
+class Dialed:
+    stream: ByteStream
+    via: Via
+    trace: tuple[HopTrace, ...]
+    attempts: tuple[HopError, ...]
+
+
+class _DeadlineExceeded(ChainerError):
+    pass
+
+
+class _Exhausted(ChainerError):
+    """Every candidate of one position failed."""
+
+
+@dataclass(slots=True)
+class _Run:
+    """State of one dial: the overall deadline, the failures so far, the attempt budget."""
+
+    target: Address
+    deadline: float
+    total: float
+    attempts: list[HopError] = field(default_factory=list)
+    tries: int = 0
+
+    def overall(self, waiting_for: str) -> tuple[float, Callable[[], ChainerError]]:
+        return self.deadline, lambda: _DeadlineExceeded(
+            f"deadline {fmt_seconds(self.total)} exceeded waiting for {waiting_for}"
+        )
+
+    def fail(self, error: HopError) -> HopError:
+        self.attempts.append(error)
+        return error
+
+
+def fmt_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:g}s" if seconds < 120 else f"{seconds / 60:g}m"
+
+
+Limit = tuple[float, Callable[[], ChainerError]]
+
+
+async def _bounded(limits: Sequence[Limit], fn: Callable[[], Awaitable[T]]) -> T:
+    """Run fn under the earliest limit; when that limit fires, raise its error."""
+    at, make_error = min(limits, key=lambda limit: limit[0])
+    with anyio.CancelScope(deadline=at):
+        return await fn()
+    raise make_error()
+
+
+def _transport_reason(exc: BaseException) -> str:
+    if isinstance(exc, anyio.EndOfStream):
+        return "connection closed"
+    if isinstance(exc, anyio.BrokenResourceError):
+        return "connection reset"
+    while exc.__cause__ is not None and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
+    if isinstance(exc, socket.gaierror):
+        return f"name not resolved ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _is_dns(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, socket.gaierror):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+async def _close(stream: ByteStream | None) -> None:
+    if stream is not None:
+        await anyio.aclose_forcefully(stream)
+
+
+class Dialer:
+    def __init__(self, defaults: Timeouts, health: Health | None = None) -> None:
+        self.defaults = defaults
+        self.health = health or Health()
+
+    async def dial(self, route: str, vias: Sequence[Via], target: Address) -> Dialed:
+        """Reach `target` by the first of `vias` that works, within the deadline."""
+        now = anyio.current_time()
+        run = _Run(target, now + self.defaults.deadline, self.defaults.deadline)
+        for position, via in enumerate(vias):
+            if via.kind == "reject":
+                if position == 0:
+                    raise Refused(f"{route} rejects {target}", route)
+                break
+            try:
+                if via.kind == "direct":
+                    stream, trace = await self._direct(run)
+                else:
+                    stream, trace = await self._chain(via, run)
+            except (_Exhausted, HopError):
+                continue
+            except _DeadlineExceeded as exc:
+                raise ChainFailed(route, run.attempts, reason=str(exc)) from None
+            return Dialed(stream, via, tuple(trace), tuple(run.attempts))
+        raise ChainFailed(route, run.attempts)
+
+    async def _direct(self, run: _Run) -> tuple[ByteStream, list[HopTrace]]:
+        target = run.target
+        started = anyio.current_time()
+        timeout = self.defaults.connect
+        limits = [
+            (
+                started + timeout,
+                lambda: run.fail(
+                    HopTimeout(
+                        0,
+                        "direct",
+                        "connect",
+                        f"{target} not reached in {fmt_seconds(timeout)}",
+                        proxy_status="connection_timeout",
+                    )
+                ),
+            ),
+            run.overall(f"a direct connection to {target}"),
+        ]
+        try:
+            stream = await _bounded(limits, lambda: hops.open_tcp(target))
+        except HopError:
+            raise  # a limit fired (HopTimeout is an OSError too)
+        except OSError as exc:
+            raise run.fail(
+                HopUnreachable(
+                    0,
+                    "direct",
+                    "connect",
+                    f"{target}: {_transport_reason(exc)}",
+                    proxy_status="dns_error" if _is_dns(exc) else "connection_refused",
+                )
+            ) from None
+        return stream, [HopTrace(0, "direct", anyio.current_time() - started)]
+
+    async def _chain(self, via: Via, run: _Run) -> tuple[ByteStream, list[HopTrace]]:
+        trace: list[HopTrace] = []
+        stream = await self._extend(via, run, None, 0, [], trace)
+        return stream, trace
+
+    async def _extend(
+        self,
+        via: Via,
+        run: _Run,
+        prev: ByteStream | None,
+        pos: int,
+        path: list[Proxy],
+        trace: list[HopTrace],
+    ) -> ByteStream:
+        """Consumes `prev` (a stream that reaches path[-1]); returns one to the destination."""
+        if pos == len(via.hops):
+            assert prev is not None
+            return await self._ask_destination(run, prev, path)
+        for candidate in self.health.order(via.hops[pos]):
+            if run.tries >= MAX_ATTEMPTS:
+                await _close(prev)
+                raise _DeadlineExceeded(f"gave up after {MAX_ATTEMPTS} attempts")
+            run.tries += 1
+            if prev is None and pos > 0:
+                prev = await self._rebuild(run, path)
+            started = anyio.current_time()
+            try:
+                stream = await self._reach(run, prev, path, candidate)
+            except HopError as exc:
+                prev = None
+                if exc.index - 1 < pos:
+                    raise  # the previous hop is at fault: unwind to its position
+                continue
+            prev = None
+            seconds = anyio.current_time() - started
+            self.health.record_success(candidate, seconds)
+            trace.append(HopTrace(pos + 1, candidate.name, seconds))
+            try:
+                return await self._extend(via, run, stream, pos + 1, [*path, candidate], trace)
+            except _Exhausted:
+                del trace[pos:]
+                continue  # no way on from this candidate: backtrack
+            except HopError as exc:
+                del trace[pos:]
+                if exc.index - 1 < pos:
+                    raise
+                continue
+        await _close(prev)
+        raise _Exhausted()
+
+    async def _rebuild(self, run: _Run, path: list[Proxy]) -> ByteStream:
+        """Reach the same nodes again after a failure cost us the connection."""
+        stream: ByteStream | None = None
+        for pos, proxy in enumerate(path):
+            stream = await self._reach(run, stream, path[:pos], proxy)
+        assert stream is not None
+        return stream
+
+    async def _reach(
+        self, run: _Run, prev: ByteStream | None, path: list[Proxy], proxy: Proxy
+    ) -> ByteStream:
+        """A stream to `proxy`, ready for its request; consumes `prev`."""
+        index = len(path) + 1
+        started = anyio.current_time()
+        reach_by = started + proxy.connect_timeout
+        reach_limit: Limit = (
+            reach_by,
+            lambda: run.fail(
+                HopTimeout(
+                    index,
+                    proxy.name,
+                    "connect",
+                    f"not reached{_through(path)} in {fmt_seconds(proxy.connect_timeout)}",
+                    proxy_status="connection_timeout",
+                )
+            ),
+        )
+        stream: ByteStream | None = None
+        try:
+            if not path:
+                try:
+                    stream = await _bounded(
+                        [reach_limit, run.overall(f"hop {index} ({proxy.name})")],
+                        lambda: hops.open_tcp(proxy.address),
+                    )
+                except HopError:
+                    raise
+                except OSError as exc:
+                    raise run.fail(
+                        HopUnreachable(
+                            index,
+                            proxy.name,
+                            "connect",
+                            f"{proxy.describe()}: {_transport_reason(exc)}",
+                            proxy_status="dns_error" if _is_dns(exc) else "connection_refused",
+                        )
+                    ) from None
+            else:
+                assert prev is not None
+                through, prev = prev, None
+                stream = await self._ask(run, through, path, proxy.address, reach_limit, proxy)
+            if proxy.scheme == "https":
+                stream = await self._tls(run, stream, index, proxy, reach_limit)
+            return stream
+        except BaseException:
+            await _close(prev)
+            await _close(stream)
+            raise
+
+    async def _tls(
+        self, run: _Run, stream: ByteStream, index: int, proxy: Proxy, limit: Limit
+    ) -> ByteStream:
+        try:
+            return await _bounded(
+                [limit, run.overall(f"TLS with hop {index} ({proxy.name})")],
+                lambda: hops.start_tls(stream, proxy),
+            )
+        except HopError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise run.fail(
+                HopUnreachable(
+                    index,
+                    proxy.name,
+                    "tls",
+                    f"certificate not trusted: {exc.verify_message}",
+                    proxy_status="tls_certificate_error",
+                )
+            ) from None
+        except ssl.SSLError as exc:
+            raise run.fail(
+                HopUnreachable(
+                    index,
+                    proxy.name,
+                    "tls",
+                    f"TLS failed: {exc.reason or exc}",
+                    proxy_status="tls_protocol_error",
+                )
+            ) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise run.fail(
+                HopUnreachable(
+                    index,
+                    proxy.name,
+                    "tls",
+                    f"TLS failed: {_transport_reason(exc)}",
+                    proxy_status="tls_protocol_error",
+                )
+            ) from None
+
+    async def _ask(
+        self,
+        run: _Run,
+        stream: ByteStream,
+        path: list[Proxy],
+        target: Address,
+        reach_limit: Limit | None,
+        next_proxy: Proxy | None,
+    ) -> ByteStream:
+        """Ask path[-1] for `target` (the next hop, or the destination when next_proxy is
+        None) and charge a failure to whoever caused it. Consumes `stream`."""
+        hop = path[-1]
+        index = len(path)
+        started = anyio.current_time()
+        limits: list[Limit] = [
+            (
+                started + hop.handshake_timeout,
+                lambda: run.fail(
+                    HopTimeout(
+                        index,
+                        hop.name,
+                        "handshake",
+                        f"no answer in {fmt_seconds(hop.handshake_timeout)}",
+                        proxy_status="connection_read_timeout",
+                    )
+                ),
+            ),
+            run.overall(f"hop {index} ({hop.name})"),
+        ]
+        if reach_limit is not None:
+            limits.append(reach_limit)
+
+        def about_next(cls: type[HopError], text: str, status: int, proxy_status: str) -> HopError:
+            if next_proxy is None:
+                return cls(
+                    index,
+                    hop.name,
+                    "destination",
+                    f"could not reach {target}: {text}",
+                    status=status,
+                    proxy_status=proxy_status.replace("connection", "destination"),
+                )
+            return cls(
+                index + 1,
+                next_proxy.name,
+                "connect",
+                f"hop {index} ({hop.name}) could not reach it: {text}",
+                status=status,
+                proxy_status=proxy_status,
+            )
+
+        try:
+            return await _bounded(limits, lambda: hops.ask(stream, hop, target))
+        except BaseException as exc:
+            await _close(stream)
+            if isinstance(exc, HopError):
+                raise  # a limit fired (HopTimeout is an OSError too)
+            if isinstance(exc, HopAnswer):
+                if exc.kind == "unreachable":
+                    error = about_next(HopUnreachable, exc.text, exc.status, "connection_refused")
+                elif exc.kind == "timeout":
+                    error = about_next(HopTimeout, exc.text, exc.status, "connection_timeout")
+                else:
+                    denied = exc.kind == "denied"
+                    error = HopUnreachable(
+                        index,
+                        hop.name,
+                        "handshake",
+                        f"{exc.text} (denied)" if denied else exc.text,
+                        status=exc.status or None,
+                        proxy_status="http_request_denied" if denied else "proxy_internal_response",
+                        denied=denied,
+                    )
+                raise run.fail(error) from None
+            if isinstance(exc, HopProtocolError):
+                raise run.fail(
+                    HopUnreachable(
+                        index,
+                        hop.name,
+                        "handshake",
+                        f"bad answer: {exc}",
+                        proxy_status="http_protocol_error",
+                    )
+                ) from None
+            if isinstance(exc, _TRANSPORT_ERRORS):
+                raise run.fail(
+                    HopUnreachable(
+                        index,
+                        hop.name,
+                        "handshake",
+                        f"{_transport_reason(exc)} before it answered",
+                        proxy_status="connection_terminated",
+                    )
+                ) from None
+            raise
+
+    async def _ask_destination(self, run: _Run, stream: ByteStream, path: list[Proxy]) -> ByteStream:
+        return await self._ask(run, stream, path, run.target, None, None)
+
+
+def _through(path: list[Proxy]) -> str:
+    if not path:
+        return ""
+    return f" through hop {len(path)} ({path[-1].name})"

@@ -1,0 +1,156 @@
+"""One error tree. Everything chainer raises on purpose is a ChainerError.
+
+Messages never contain credentials: hops are named by their config name and their
+`scheme://host:port`, never by the URL they were written as.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+Phase = Literal["connect", "tls", "handshake", "destination"]
+
+
+class ChainerError(Exception):
+    """Root of every error chainer raises on purpose."""
+
+
+class ConfigError(ChainerError):
+    """One problem in a config file, located by file, line and key path."""
+
+    def __init__(self, file: str, line: int, path: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.path = path
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigErrors(ChainerError):
+    """Every problem found in one config file (validation reports all of them at once)."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class BadTarget(ChainerError, ValueError):
+    """A destination that is not a DNS name or IP literal with a port 1-65535 (HTTP 400)."""
+
+
+class Refused(ChainerError):
+    """Policy said no: a `reject` route or a destination no route matches (HTTP 403)."""
+
+    def __init__(self, message: str, route: str | None = None) -> None:
+        self.route = route
+        super().__init__(message)
+
+
+class HopError(ChainerError):
+    """Building a chain failed at one hop.
+
+    index: 1-based position in the chain (0 for a `direct` connection).
+    hop: the config name of the candidate charged with the failure.
+    phase: connect (reaching it), tls, handshake (its answer to our request),
+    destination (the last hop could not reach the destination).
+    status: the upstream's own code (HTTP status or SOCKS reply), when it gave one.
+    proxy_status: the RFC 9209 error type for a `Proxy-Status` header.
+    """
+
+    timeout = False
+
+    def __init__(
+        self,
+        index: int,
+        hop: str,
+        phase: Phase,
+        reason: str,
+        *,
+        status: int | None = None,
+        proxy_status: str = "proxy_internal_error",
+        denied: bool = False,
+    ) -> None:
+        self.index = index
+        self.hop = hop
+        self.phase = phase
+        self.reason = reason
+        self.status = status
+        self.proxy_status = proxy_status
+        self.denied = denied
+        super().__init__(self.describe())
+
+    def where(self) -> str:
+        return "direct" if self.index == 0 else f"hop {self.index} ({self.hop})"
+
+    def describe(self) -> str:
+        return f"{self.where()}: {self.reason}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+class HopTimeout(HopError, TimeoutError):
+    """A hop did not answer (or could not be reached) in time (HTTP 504)."""
+
+    timeout = True
+
+
+class HopUnreachable(HopError, OSError):
+    """A hop refused us, failed, or answered with an error (HTTP 502)."""
+
+
+class ChainFailed(ChainerError):
+    """Every way a route offers (its chain, failover candidates, fallbacks) failed.
+
+    `attempts` holds each failure in the order it happened; the last one decides the
+    client's status code.
+    """
+
+    def __init__(self, route: str, attempts: Sequence[HopError], reason: str | None = None) -> None:
+        self.route = route
+        self.attempts = tuple(attempts)
+        self.reason = reason
+        super().__init__(self.describe())
+
+    @property
+    def last(self) -> HopError | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def timeout(self) -> bool:
+        if self.reason is not None:
+            return True
+        last = self.last
+        return last is not None and last.timeout
+
+    def describe(self) -> str:
+        parts = [a.describe() for a in self.attempts]
+        if self.reason:
+            parts.append(self.reason)
+        return "; ".join(parts) if parts else "no hop tried"
+
+
+class HopAnswer(ChainerError):
+    """A hop answered our request with a failure (raised by a connector, before the dialer
+    decides whom to charge).
+
+    kind: "denied" (407/403, SOCKS auth refused: the hop itself said no),
+    "unreachable" (the hop could not reach what we asked for: 502/503, SOCKS 3/4/5),
+    "timeout" (the hop timed out reaching it: 504, SOCKS TTL expired),
+    "failed" (anything else: the hop itself is at fault).
+    """
+
+    def __init__(self, kind: str, status: int, text: str) -> None:
+        self.kind = kind
+        self.status = status
+        self.text = text
+        super().__init__(text)
+
+
+class HopProtocolError(ChainerError):
+    """A hop's answer was not a valid answer (garbage, truncated, over the size bound)."""

@@ -1,0 +1,175 @@
+"""The route table as frozen data: built and validated once in config.py, trusted after that."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+Scheme = Literal["http", "https", "socks5", "socks5h", "socks4", "socks4a"]
+Strategy = Literal["failover", "round_robin", "random", "fastest"]
+ViaKind = Literal["chain", "direct", "reject"]
+
+SCHEMES: tuple[Scheme, ...] = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
+STRATEGIES: tuple[Strategy, ...] = ("failover", "round_robin", "random", "fastest")
+DEFAULT_PORTS: dict[str, int] = {
+    "http": 8080,
+    "https": 443,
+    "socks5": 1080,
+    "socks5h": 1080,
+    "socks4": 1080,
+    "socks4a": 1080,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A destination or hop address. `host` is a lower-case DNS name or an IP literal
+    (IPv6 without brackets); validation lives in `chainer.target`."""
+
+    host: str
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.host
+
+    def authority(self) -> str:
+        """`host:port` as it goes into a CONNECT request line (IPv6 in brackets)."""
+        host = f"[{self.host}]" if self.is_ipv6 else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.authority()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. connect: reach the hop (TCP for hop 1, the previous hop's tunnel for inner
+    hops, TLS included). handshake: the hop's answer to our request. idle: an open tunnel
+    with no bytes either way. deadline: one connection's whole chain, failover included."""
+
+    connect: float = 5.0
+    handshake: float = 10.0
+    idle: float = 600.0
+    deadline: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """One upstream hop. Credentials are excluded from repr and never formatted into text."""
+
+    name: str
+    scheme: Scheme
+    address: Address
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 10.0
+    ca: str | None = None
+    insecure: bool = False
+    sni: str | None = None
+    resolve: Literal["remote", "local"] = "remote"
+    line: int = 0
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.username is not None
+
+    def describe(self) -> str:
+        """The hop as it may appear in logs and errors: scheme and address, never credentials."""
+        return f"{self.scheme}://{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class HopGroup:
+    """One position of a chain: candidates tried per `strategy`."""
+
+    candidates: tuple[Proxy, ...]
+    strategy: Strategy = "failover"
+
+    def label(self) -> str:
+        names = ", ".join(p.name for p in self.candidates)
+        return names if len(self.candidates) == 1 else f"[{names}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """Where a route sends traffic: a chain of hop groups, `direct`, or `reject`."""
+
+    kind: ViaKind
+    label: str
+    hops: tuple[HopGroup, ...] = ()
+
+    @property
+    def resolves_locally(self) -> bool:
+        return self.kind == "direct"
+
+
+DIRECT = Via("direct", "direct")
+REJECT = Via("reject", "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """One `match` pattern, parsed. kind is one of: any, exact, subdomain (`*.x`),
+    domain (`.x`: apex and subdomains), cidr, regex. `ports` is an inclusive range or None."""
+
+    text: str
+    kind: Literal["any", "exact", "subdomain", "domain", "cidr", "regex"]
+    value: str = ""
+    ports: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    index: int  # 0-based position in `routes`
+    patterns: tuple[Pattern, ...]
+    via: Via
+    fallback: tuple[Via, ...] = ()
+    line: int = 0
+
+    def label(self) -> str:
+        return f"routes[{self.index}]"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    address: Address
+    tls: TLSFiles | None = None
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    allow: tuple[str, ...] = ()  # CIDRs, as written
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole validated routes.yaml."""
+
+    path: str
+    listeners: tuple[Listener, ...]
+    defaults: Timeouts
+    proxies: tuple[Proxy, ...]
+    chains: tuple[tuple[str, Via], ...]
+    routes: tuple[Route, ...]
+    admin: Address | None = None
+
+    def proxy(self, name: str) -> Proxy | None:
+        for p in self.proxies:
+            if p.name == name:
+                return p
+        return None

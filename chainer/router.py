@@ -1,0 +1,53 @@
+"""The library face of chainer: a route table plus a dialer, the server's own code path."""
+
+from __future__ import annotations
+
+import os
+
+from anyio.abc import ByteStream
+
+from .config import load_config
+from .dialer import Dialed, Dialer
+from .errors import Refused
+from .health import Health
+from .models import Address, Config
+from .routing import Match, RouteTable
+from .target import normalize_host, parse_port
+
+
+class Router:
+    """Routes destinations and builds their chains.
+
+    >>> router = Router.from_file("routes.yaml")
+    >>> async with await router.connect("example.com", 443) as stream: ...
+    """
+
+    def __init__(self, config: Config, health: Health | None = None) -> None:
+        self.config = config
+        self.table = RouteTable(config.routes)
+        self.dialer = Dialer(config.defaults, health)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Router:
+        return cls(load_config(path))
+
+    def route(self, target: Address) -> Match:
+        match = self.table.match(target)
+        if match is None:
+            raise Refused(f"no route matches {target}")
+        return match
+
+    async def open(self, target: Address) -> tuple[Match, Dialed]:
+        """Route `target` and build its chain (fallbacks included)."""
+        match = self.route(target)
+        route = match.route
+        dialed = await self.dialer.dial(route.label(), (route.via, *route.fallback), target)
+        return match, dialed
+
+    async def connect(self, host: str, port: int | str) -> ByteStream:
+        """A byte stream to host:port through the routed chain. Raises BadTarget for a
+        bad host or port, Refused for a rejected destination, ChainFailed when every way
+        the route offers failed."""
+        target = Address(normalize_host(host), parse_port(str(port)))
+        _match, dialed = await self.open(target)
+        return dialed.stream

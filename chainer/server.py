@@ -1,0 +1,246 @@
+"""Listeners and the per-connection flow: sniff -> request -> route -> dial -> relay -> log."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
+from anyio.streams.tls import TLSStream
+
+from .dialer import Dialed, HopTrace, fmt_seconds
+from .errors import ChainerError, ChainFailed, HopError, Refused
+from .inbound import (
+    ClientError,
+    ClientGone,
+    HttpInbound,
+    HttpRequest,
+    error_response,
+    first_byte_kind,
+    proxy_status_value,
+)
+from .models import Address, Listener
+from .relay import relay
+from .router import Router
+from .streams import PrefixedStream
+
+log = logging.getLogger("chainer")
+access_log = logging.getLogger("chainer.access")
+
+CLIENT_HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class _Conn:
+    """What one connection's log line says."""
+
+    id: int
+    client: str
+    started: float = field(default_factory=time.monotonic)
+    target: Address | None = None
+    route: str = "-"
+    via: str = "-"
+    trace: tuple[HopTrace, ...] = ()
+    up: int = 0
+    down: int = 0
+    outcome: str = "ok"
+    error: str | None = None
+
+    def line(self) -> str:
+        hops = ",".join(f"{h.name}:{h.seconds * 1000:.1f}ms" for h in self.trace) or "-"
+        parts = [
+            f"conn={self.id}",
+            f"client={self.client}",
+            f"dest={self.target or '-'}",
+            f"route={self.route}",
+            f"via={self.via}",
+            f"hops={hops}",
+            f"up={self.up}",
+            f"down={self.down}",
+            f"duration={time.monotonic() - self.started:.3f}s",
+            f"outcome={self.outcome}",
+        ]
+        if self.error:
+            parts.append(f'error="{self.error}"')
+        return " ".join(parts)
+
+
+def _server_tls_context(listener: Listener) -> ssl.SSLContext | None:
+    if listener.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(listener.tls.cert, listener.tls.key)
+    return ctx
+
+
+class Server:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._ids = itertools.count(1)
+
+    async def serve(
+        self,
+        listeners: Sequence[Listener] | None = None,
+        *,
+        task_status: TaskStatus[list[tuple[str, int]]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; reports the bound (host, port) of each listener."""
+        listeners = listeners if listeners is not None else self.router.config.listeners
+        bound: list[tuple[str, int]] = []
+        async with anyio.create_task_group() as tg:
+            for listener in listeners:
+                tcp = await anyio.create_tcp_listener(
+                    local_host=listener.address.host, local_port=listener.address.port
+                )
+                host, port = tcp.extra(SocketAttribute.local_address)[:2]
+                bound.append((str(host), int(port)))
+                log.info("listening on %s", Address(str(host), int(port)))
+                tls = _server_tls_context(listener)
+                allow = tuple(ipaddress.ip_network(c, strict=False) for c in listener.allow)
+
+                async def handle(
+                    client: SocketStream,
+                    listener: Listener = listener,
+                    tls: ssl.SSLContext | None = tls,
+                    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = allow,
+                ) -> None:
+                    await self._handle(client, listener, tls, allow)
+
+                tg.start_soon(tcp.serve, handle)
+            task_status.started(bound)
+
+    async def _handle(
+        self,
+        client: SocketStream,
+        listener: Listener,
+        tls: ssl.SSLContext | None,
+        allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    ) -> None:
+        peer = client.extra(SocketAttribute.remote_address)
+        peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        peer_port = int(peer[1]) if isinstance(peer, tuple) else 0
+        conn = _Conn(next(self._ids), str(Address(peer_host, peer_port)))
+        stream: ByteStream = client
+        try:
+            if allow and not any(ipaddress.ip_address(peer_host) in net for net in allow):
+                conn.outcome, conn.error = "denied", "client address not allowed"
+                return
+            await self._serve_client(conn, stream, listener, tls)
+        except ClientGone:
+            conn.outcome = "client_gone"
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            conn.outcome, conn.error = "client_error", type(exc).__name__
+        finally:
+            await anyio.aclose_forcefully(client)
+            access_log.info("%s", conn.line())
+
+    async def _serve_client(
+        self, conn: _Conn, stream: ByteStream, listener: Listener, tls: ssl.SSLContext | None
+    ) -> None:
+        with anyio.move_on_after(CLIENT_HANDSHAKE_TIMEOUT) as scope:
+            first = await _receive_some(stream)
+            kind = first_byte_kind(first[0])
+            if kind == "tls" and tls is not None:
+                stream = await TLSStream.wrap(
+                    PrefixedStream(stream, first), server_side=True, ssl_context=tls
+                )
+                first = await _receive_some(stream)
+                kind = first_byte_kind(first[0])
+            if kind != "http":
+                conn.outcome = "bad_request"
+                conn.error = f"{kind} first byte {first[:1]!r}"
+                if kind in ("tls", "garbage"):
+                    await stream.send(error_response(400, "not an HTTP or SOCKS request"))
+                return
+            inbound = HttpInbound(stream, dict(listener.users))
+            inbound.feed(first)
+            try:
+                request = await inbound.read_request()
+            except ClientError as exc:
+                conn.outcome, conn.error = "bad_request", exc.message
+                await inbound.refuse(error_response(exc.status, exc.message, extra=exc.headers))
+                return
+        if scope.cancelled_caught:
+            conn.outcome, conn.error = "client_timeout", "no complete request in time"
+            await _try_send(stream, error_response(408, "no complete request in time"))
+            return
+        conn.target = request.target
+        await self._serve_http(conn, inbound, request)
+
+    async def _serve_http(self, conn: _Conn, inbound: HttpInbound, request: HttpRequest) -> None:
+        try:
+            match, dialed = await self.router.open(request.target)
+        except Refused as exc:
+            conn.outcome, conn.error, conn.route = "refused", str(exc), exc.route or "-"
+            await inbound.refuse(
+                error_response(
+                    403,
+                    str(exc),
+                    proxy_status=proxy_status_value("destination_ip_prohibited", str(exc)),
+                )
+            )
+            return
+        except ChainFailed as exc:
+            conn.route = exc.route
+            await inbound.refuse(_failure_answer(conn, exc))
+            return
+        conn.route, conn.via, conn.trace = match.route.label(), dialed.via.label, dialed.trace
+        async with dialed.stream:
+            if request.kind == "connect":
+                client = await inbound.established()
+                result = await relay(client, dialed.stream, self._idle(dialed))
+            else:
+                await dialed.stream.send(request.head)
+                result = await relay(
+                    inbound.body_stream(request.chunked),
+                    dialed.stream,
+                    self._idle(dialed),
+                    end_with_upstream=True,
+                )
+        conn.up, conn.down = result.up, result.down
+        if result.idle_closed:
+            conn.outcome = "idle_timeout"
+        elif result.error:
+            conn.outcome, conn.error = "closed_on_error", result.error
+
+    def _idle(self, dialed: Dialed) -> float:
+        return self.router.config.defaults.idle
+
+
+def _failure_answer(conn: _Conn, exc: ChainFailed) -> bytes:
+    last: HopError | None = exc.last
+    status = 504 if exc.timeout else 502
+    conn.outcome = "timeout" if exc.timeout else "failed"
+    details = exc.describe()
+    conn.error = details
+    if exc.reason is not None:
+        value = proxy_status_value("connection_timeout", details)
+    elif last is not None:
+        value = proxy_status_value(last.proxy_status, details, last.status)
+    else:
+        value = proxy_status_value("proxy_internal_error", details)
+    return error_response(status, details, proxy_status=value)
+
+
+async def _receive_some(stream: ByteStream) -> bytes:
+    try:
+        data = await stream.receive(65536)
+    except anyio.EndOfStream:
+        raise ClientGone() from None
+    return data
+
+
+async def _try_send(stream: ByteStream, data: bytes) -> None:
+    try:
+        await stream.send(data)
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+__all__ = ["Server"]

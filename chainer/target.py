@@ -1,0 +1,91 @@
+"""Destination names: validated before any rule sees them.
+
+A host is either an IP literal or a DNS name made of letters, digits, `-` and `_` labels
+(underscores appear in real service names). Anything else — NUL, control characters,
+spaces, `@`, `%`, numeric aliases such as `2130706433` or `127.1` that a resolver would
+quietly turn into loopback — is refused, because routing and policy act on the text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from .errors import BadTarget
+from .models import Address
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_NUMERIC = re.compile(r"^[0-9x.]+$")
+
+
+def normalize_host(host: str) -> str:
+    """The canonical text of a host: IPv6 without brackets and compressed, names lower-case
+    without a trailing dot. Raises BadTarget when it is neither an IP literal nor a DNS name."""
+    if not host:
+        raise BadTarget("empty host")
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        try:
+            return str(ipaddress.IPv6Address(inner))
+        except ValueError:
+            raise BadTarget(f"not an IPv6 literal: {_shown(host)}") from None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253 or not name.isascii():
+        raise BadTarget(f"not a DNS name or IP literal: {_shown(host)}")
+    labels = name.split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        raise BadTarget(f"not a DNS name or IP literal: {_shown(host)}")
+    if _NUMERIC.match(name):
+        # `127.1`, `0x7f.1`, `2130706433`: resolvers read these as addresses.
+        raise BadTarget(f"ambiguous numeric host: {_shown(host)}")
+    return name
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or len(text) > 5:
+        raise BadTarget(f"bad port: {_shown(text)}")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise BadTarget(f"port out of range: {port}")
+    return port
+
+
+def parse_authority(text: str, default_port: int | None = None) -> Address:
+    """`host:port`, `[v6]:port` (or a bare host when default_port is given) -> Address."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise BadTarget(f"unclosed IPv6 bracket: {_shown(text)}")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if rest.startswith(":"):
+            port_text: str | None = rest[1:]
+        elif rest == "":
+            port_text = None
+        else:
+            raise BadTarget(f"bad authority: {_shown(text)}")
+    else:
+        host, sep, port_text_ = text.rpartition(":")
+        if not sep:
+            host, port_text = text, None
+        elif ":" in host:
+            raise BadTarget(f"IPv6 literal needs brackets: {_shown(text)}")
+        else:
+            port_text = port_text_
+    if port_text is None:
+        if default_port is None:
+            raise BadTarget(f"no port: {_shown(text)}")
+        port = default_port
+    else:
+        port = parse_port(port_text)
+    return Address(normalize_host(host), port)
+
+
+def _shown(text: str) -> str:
+    """Hostile text made safe to log: bounded and escaped."""
+    return repr(text[:100])

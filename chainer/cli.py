@@ -35,9 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = with_config(sub.add_parser("serve", help="run the router"))
     serve.add_argument("--log-file", help="write logs here instead of stderr")
-    serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     with_config(sub.add_parser("validate", help="check the route table and exit"))
     return parser
 
@@ -86,11 +84,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(EXIT_OK)
     _setup_logging(args.log_level, args.log_file)
+    sys.exit(_run_server(config))
+
+
+def _run_server(config: Config) -> int:
+    status = EXIT_OK
     try:
         anyio.run(_serve, config)
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_RUNTIME)
-    except KeyboardInterrupt:
+    except* OSError as group:
+        for exc in _leaves(group):
+            print(f"error: {exc}", file=sys.stderr)
+        status = EXIT_RUNTIME
+    except* KeyboardInterrupt:
         pass
-    sys.exit(EXIT_OK)
+    return status
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found

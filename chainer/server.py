@@ -7,15 +7,16 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import Listener as AnyioListener
 from anyio.streams.tls import TLSStream
 
-from .dialer import Dialed, HopTrace, fmt_seconds
-from .errors import ChainerError, ChainFailed, HopError, Refused
+from .dialer import Dialed, HopTrace
+from .errors import ChainFailed, HopError, Refused
 from .inbound import (
     ClientError,
     ClientGone,
@@ -98,9 +99,11 @@ class Server:
                 tcp = await anyio.create_tcp_listener(
                     local_host=listener.address.host, local_port=listener.address.port
                 )
-                host, port = tcp.extra(SocketAttribute.local_address)[:2]
-                bound.append((str(host), int(port)))
-                log.info("listening on %s", Address(str(host), int(port)))
+                sockname = tcp.extra(SocketAttribute.local_address)
+                assert isinstance(sockname, tuple)
+                host, port = str(sockname[0]), int(sockname[1])
+                bound.append((host, port))
+                log.info("listening on %s", Address(host, port))
                 tls = _server_tls_context(listener)
                 allow = tuple(ipaddress.ip_network(c, strict=False) for c in listener.allow)
 
@@ -112,7 +115,7 @@ class Server:
                 ) -> None:
                     await self._handle(client, listener, tls, allow)
 
-                tg.start_soon(tcp.serve, handle)
+                tg.start_soon(_serve_listener, tcp, handle)
             task_status.started(bound)
 
     async def _handle(
@@ -138,7 +141,10 @@ class Server:
             conn.outcome, conn.error = "client_error", type(exc).__name__
         finally:
             await anyio.aclose_forcefully(client)
-            access_log.info("%s", conn.line())
+            # A connection that closed without a request (a port probe, a load balancer's
+            # health check) is logged at debug level only.
+            quiet = conn.outcome == "client_gone" and conn.target is None
+            access_log.log(logging.DEBUG if quiet else logging.INFO, "%s", conn.line())
 
     async def _serve_client(
         self, conn: _Conn, stream: ByteStream, listener: Listener, tls: ssl.SSLContext | None
@@ -226,6 +232,13 @@ def _failure_answer(conn: _Conn, exc: ChainFailed) -> bytes:
     else:
         value = proxy_status_value("proxy_internal_error", details)
     return error_response(status, details, proxy_status=value)
+
+
+async def _serve_listener(
+    tcp: AnyioListener[SocketStream], handle: Callable[[SocketStream], Awaitable[None]]
+) -> None:
+    async with tcp:
+        await tcp.serve(handle)
 
 
 async def _receive_some(stream: ByteStream) -> bytes:

@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ class FakeHop:
     requests: list[bytes] = field(default_factory=list)
     accepted: int = 0
     closed: int = 0
+    closed_event: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def address(self) -> str:
@@ -55,6 +57,7 @@ class FakeHop:
                     pass
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 self.closed += 1
+                self.closed_event.set()
             return
         if b == "garbage":
             await client.send(b"SSH-2.0-OpenSSH_9.2\r\n")
@@ -171,4 +174,24 @@ async def task_group() -> AsyncIterator[TaskGroup]:
     """A task group whose background servers are cancelled when the test is done."""
     async with anyio.create_task_group() as tg:
         yield tg
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_chainer(
+    yaml_text: str, tmp_path: Path, name: str = "routes.yaml"
+) -> AsyncIterator[list[tuple[str, int]]]:
+    """Serve a chainer route table in this event loop; yields the bound listener addresses.
+
+    Listener ports written as 0 are chosen by the kernel."""
+    from chainer.config import load_config
+    from chainer.router import Router
+    from chainer.server import Server
+
+    path = tmp_path / name
+    path.write_text(yaml_text)
+    server = Server(Router(load_config(path)))
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(server.serve)
+        yield bound
         tg.cancel_scope.cancel()

@@ -11,12 +11,11 @@ import time
 
 import anyio
 import pytest
+from fakes import FakeHop, start_echo, start_hop, task_group
 
 from chainer.dialer import Dialer
 from chainer.errors import ChainFailed, HopError, Refused
 from chainer.models import DIRECT, REJECT, Address, HopGroup, Proxy, Timeouts, Via
-
-from fakes import FakeHop, start_echo, start_hop, task_group
 
 pytestmark = pytest.mark.anyio
 
@@ -176,8 +175,10 @@ async def test_denied_hop_is_reported_as_denied_without_credentials() -> None:
         with pytest.raises(ChainFailed) as info:
             await Dialer(FAST).dial("r", [via], Address("127.0.0.1", echo.port))
         (attempt,) = info.value.attempts
-        assert attempt.denied and attempt.status == 407
-        assert "pw9" not in str(info.value) and "pw9" not in repr(attempt)
+        assert attempt.denied
+        assert attempt.status == 407
+        assert "pw9" not in str(info.value)
+        assert "pw9" not in repr(attempt)
         assert str(attempt) == "hop 1 (corp): answered 407 Nope (denied)"
 
 
@@ -190,7 +191,7 @@ async def test_names_are_sent_to_the_hop_not_resolved() -> None:
         # the fake hop could not resolve it and said 502: the name went to the hop
         assert hop.requests[0].startswith(b"CONNECT only-the-hop-knows.invalid:443 HTTP/1.1")
         (attempt,) = info.value.attempts
-        assert attempt.phase == "destination" and attempt.status == 502
+        assert (attempt.phase, attempt.status) == ("destination", 502)
 
 
 async def test_fallback_after_chain_fails() -> None:
@@ -229,7 +230,8 @@ async def test_direct_refused_is_clear() -> None:
     with pytest.raises(ChainFailed) as info:
         await Dialer(FAST).dial("r", [DIRECT], Address("127.0.0.1", port))
     (attempt,) = info.value.attempts
-    assert isinstance(attempt, HopError) and attempt.index == 0
+    assert isinstance(attempt, HopError)
+    assert attempt.index == 0
     assert str(attempt) == f"direct: 127.0.0.1:{port}: connection refused"
 
 
@@ -249,6 +251,5 @@ async def test_cancelling_a_dial_closes_the_half_built_chain() -> None:
             await Dialer(Timeouts(deadline=30)).dial("r", [via], Address("example.com", 1))
         # the silent hop sees its connection closed once the dial is cancelled
         with anyio.fail_after(2):
-            while silent.closed == 0:
-                await anyio.sleep(0.01)
+            await silent.closed_event.wait()
         assert (silent.accepted, silent.closed) == (1, 1)

@@ -1,0 +1,123 @@
+"""The real `chainer` executable: validate, serve, signals, exit codes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fakes import free_port
+from realproxies import Origin, curl, wait_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def chainer_cmd() -> list[str]:
+    exe = shutil.which("chainer")
+    return [exe] if exe else [sys.executable, "-m", "chainer"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CHAINER_CONFIG"}
+    return subprocess.run(
+        [*chainer_cmd(), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+def test_validate_accepts_the_shipped_routes_yaml() -> None:
+    done = run("validate", "-c", str(ROOT / "routes.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "ok" in done.stdout
+
+
+def test_validate_names_file_line_and_path_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.yaml"
+    bad.write_text(
+        "proxies:\n"
+        "  corp: http://alice:topsecret@proxy.corp.example:3128\n"
+        "chains:\n"
+        "  lab: [corp]\n"
+        "routes:\n"
+        "  - {match: '*.lab.example', via: lab}\n"
+        "  - {match: '*', via: bastoin}\n"
+        "  - {match: 'x.example', via: direct, colour: blue}\n"
+    )
+    done = run("validate", "-c", str(bad))
+    assert done.returncode == 2
+    assert f'{bad}:7: routes[1].via: no chain or proxy named "bastoin"' in done.stderr
+    assert f"{bad}:8: routes[2]" in done.stderr
+    assert "colour" in done.stderr
+    assert "topsecret" not in done.stderr + done.stdout
+
+
+def test_config_from_environment_and_missing_file(tmp_path: Path) -> None:
+    done = run("validate", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "routes.yaml" in done.stderr
+
+
+def test_bad_usage_exits_2() -> None:
+    assert run("frobnicate").returncode == 2
+
+
+@pytest.mark.realproxy
+def test_serve_runs_until_sigterm_and_logs_each_connection(
+    tmp_path: Path, plain_origin: Origin
+) -> None:
+    port = free_port()
+    config = tmp_path / "routes.yaml"
+    config.write_text(f"listen: ['127.0.0.1:{port}']\nroutes:\n  - {{match: '*', via: direct}}\n")
+    log_file = tmp_path / "chainer.log"
+    proc = subprocess.Popen(
+        [*chainer_cmd(), "serve", "-c", str(config), "--log-file", str(log_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_port("127.0.0.1", port, 15), "chainer did not start listening"
+        result = curl("-x", f"http://127.0.0.1:{port}", plain_origin.url("/cli"))
+        assert (result.returncode, result.body) == (0, b"origin:/cli")
+        result = curl("-p", "-x", f"http://127.0.0.1:{port}", plain_origin.url("/tunnel"))
+        assert (result.returncode, result.body) == (0, b"origin:/tunnel")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+    assert code == 0
+    deadline = time.monotonic() + 5
+    text = ""
+    while time.monotonic() < deadline and text.count("chainer.access") < 2:
+        text = log_file.read_text()
+        time.sleep(0.05)
+    lines = [line for line in text.splitlines() if "chainer.access" in line]
+    assert len(lines) == 2
+    assert f"dest=127.0.0.1:{plain_origin.port}" in lines[0]
+    assert "route=routes[0] via=direct" in lines[0]
+    assert "outcome=ok" in lines[1]
+
+
+def test_serve_reports_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "routes.yaml"
+        config.write_text(
+            f"listen: ['127.0.0.1:{port}']\nroutes:\n  - {{match: '*', via: direct}}\n"
+        )
+        done = run("serve", "-c", str(config))
+    assert done.returncode == 1
+    assert "address already in use" in done.stderr.lower()
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,312 @@
+"""End to end over loopback: real clients (curl, python-socks, raw sockets) -> chainer ->
+chains of hops (fake, chainer itself as an HTTPS proxy, real squid/tinyproxy/stunnel) ->
+origins."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from fakes import free_port, running_chainer, start_echo, start_hop, task_group
+from python_socks.async_.anyio import Proxy as SocksClientProxy
+from realproxies import Endpoint, Origin, curl
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def config(routes: str, proxies: str = "", extra: str = "", port: int | None = None) -> str:
+    port = port or free_port()
+    return (
+        f"listen: ['127.0.0.1:{port}']\n"
+        "defaults: {connect_timeout: 2s, handshake_timeout: 2s, deadline: 8s}\n"
+        f"{extra}\n" + (f"proxies:\n{proxies}\n" if proxies else "") + f"routes:\n{routes}\n"
+    )
+
+
+async def raw_request(port: int, data: bytes, *, until_close: bool = True) -> bytes:
+    """Send bytes to chainer, return everything it answers until it closes (bounded)."""
+    got = b""
+    with anyio.fail_after(5):
+        async with await anyio.connect_tcp("127.0.0.1", port) as s:
+            await s.send(data)
+            try:
+                while True:
+                    got += await s.receive()
+                    if not until_close and b"\r\n\r\n" in got:
+                        break
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+    return got
+
+
+async def run_curl(*args: str) -> tuple[int, bytes, str]:
+    result = await anyio.to_thread.run_sync(lambda: curl(*args))
+    return result.returncode, result.body, result.stderr
+
+
+async def test_curl_through_three_hops_with_https_hop_inside_a_tunnel(
+    tmp_path: Path, tls_origin: Origin, ca_pem: str, ca: object
+) -> None:
+    """curl -> chainer -> [http hop, chainer as an HTTPS proxy, http hop] -> TLS origin.
+    The HTTPS hop is reached through hop 1's tunnel: TLS inside a CONNECT."""
+    cert = ca.issue_cert("127.0.0.1", "proxy.test")  # type: ignore[attr-defined]
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "hop.pem"))
+    async with task_group() as tg:
+        hop1 = await start_hop(tg, "ok")
+        hop3 = await start_hop(tg, "ok")
+        tls_port = free_port()
+        hop_tls = (
+            "listen:\n"
+            f"  - address: 127.0.0.1:{tls_port}\n"
+            f"    tls: {{cert: hop.pem, key: hop.pem}}\n"
+            "routes:\n  - {match: '*', via: direct}\n"
+        )
+        async with running_chainer(hop_tls, tmp_path, "hop.yaml"):
+            proxies = (
+                f"  one: {hop1.url()}\n"
+                f"  two: {{url: 'https://127.0.0.1:{tls_port}', ca: '{ca_pem}'}}\n"
+                f"  three: {hop3.url()}\n"
+            )
+            router = config("  - {match: '*', via: [one, two, three]}", proxies)
+            async with running_chainer(router, tmp_path) as bound:
+                port = bound[0][1]
+                rc, body, err = await run_curl(
+                    "-x",
+                    f"http://127.0.0.1:{port}",
+                    "--cacert",
+                    tls_origin.ca_pem or "",
+                    tls_origin.url("/deep"),
+                )
+                assert (rc, body) == (0, b"origin:/deep"), err
+    assert hop1.requests[0].startswith(f"CONNECT 127.0.0.1:{tls_port} ".encode())
+    assert hop3.requests[0].startswith(f"CONNECT 127.0.0.1:{tls_origin.port} ".encode())
+
+
+async def test_python_socks_http_client_through_a_chain(tmp_path: Path) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        a = await start_hop(tg, "ok")
+        b = await start_hop(tg, "split")
+        proxies = f"  a: {a.url()}\n  b: {b.url()}\n"
+        async with running_chainer(
+            config("  - {match: '*', via: [a, b]}", proxies), tmp_path
+        ) as bound:
+            client = SocksClientProxy.from_url(f"http://127.0.0.1:{bound[0][1]}")
+            stream = await client.connect("127.0.0.1", echo.port)
+            async with stream:
+                await stream.send(b"hello through two hops")
+                assert await stream.receive() == b"hello through two hops"
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        (b"CONNECT example.com HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # no port
+        (b"CONNECT example.com:0 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT example.com:65536 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT exa\x00mple.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT user@example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT 2130706433:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT [::1:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # origin-form: not a proxy request
+        (b"CONNECT blocked.example:443 HTTP/1.1\r\nHost: x\r\n\r\n", 403),  # reject route
+        (b"CONNECT unrouted.test:443 HTTP/1.1\r\nHost: x\r\n\r\n", 403),  # matches nothing
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # TLS ClientHello, plain port
+        (b"\x00\xff\xfe garbage", 400),
+    ],
+)
+async def test_bad_and_refused_requests_answer_at_once(
+    tmp_path: Path, request_line: bytes, status: int
+) -> None:
+    routes = (
+        "  - {match: blocked.example, via: reject}\n"
+        "  - {match: ['.example.com', '127.0.0.0/8'], via: direct}\n"
+    )
+    async with running_chainer(config(routes), tmp_path) as bound:
+        port = bound[0][1]
+        started = time.monotonic()
+        answer = await raw_request(port, request_line)
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+        assert time.monotonic() - started < 2.0
+        # and the server still serves
+        assert (
+            await raw_request(port, b"CONNECT blocked.example:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+        ).startswith(b"HTTP/1.1 403 ")
+
+
+async def test_failed_and_timed_out_hops_are_named_in_proxy_status(tmp_path: Path) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        ok = await start_hop(tg, "ok")
+        silent = await start_hop(tg, "silent")
+        dead = await start_hop(tg, "refused")
+        proxies = (
+            f"  corp: http://alice:pw-secret@{ok.address}\n"
+            f"  bastion: {{url: '{silent.url()}', handshake_timeout: 300ms}}\n"
+            f"  gone: {dead.url()}\n"
+        )
+        routes = (
+            "  - {match: 'slow.test', via: [corp, bastion]}\n  - {match: '*', via: [corp, gone]}\n"
+        )
+        async with running_chainer(config(routes, proxies), tmp_path) as bound:
+            port = bound[0][1]
+            answer = await raw_request(
+                port, b"CONNECT slow.test:443 HTTP/1.1\r\nHost: slow.test:443\r\n\r\n"
+            )
+            assert answer.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+            assert (
+                b"Proxy-Status: chainer; error=connection_read_timeout; "
+                b'details="hop 2 (bastion): no answer in 300ms"\r\n'
+            ) in answer
+            target = f"127.0.0.1:{echo.port}".encode()
+            answer = await raw_request(port, b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+            assert b"error=connection_refused; received-status=502;" in answer
+            assert b"hop 2 (gone): hop 1 (corp) could not reach it" in answer
+            assert b"pw-secret" not in answer
+
+
+async def test_early_data_half_close_and_coalesced_answer(tmp_path: Path) -> None:
+    """Bytes sent with the CONNECT arrive once; a half-close passes through; the
+    origin's banner coalesced with hop's 200 reaches the client."""
+    async with task_group() as tg:
+        echo = await start_echo(tg, banner=b"BANNER\n")
+        hop = await start_hop(tg, "coalesced")
+        proxies = f"  h: {hop.url()}\n"
+        async with running_chainer(
+            config("  - {match: '*', via: [h]}", proxies), tmp_path
+        ) as bound:
+            with anyio.fail_after(5):
+                async with await anyio.connect_tcp("127.0.0.1", bound[0][1]) as s:
+                    target = f"127.0.0.1:{echo.port}".encode()
+                    await s.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\nEARLY")
+                    await s.send_eof()
+                    got = b""
+                    try:
+                        while True:
+                            got += await s.receive()
+                    except anyio.EndOfStream:
+                        pass
+    assert got == b"HTTP/1.1 200 Connection established\r\n\r\nBANNER\nEARLY"
+
+
+async def test_idle_tunnel_is_closed(tmp_path: Path) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        text = config("  - {match: '*', via: direct}").replace(
+            "deadline: 8s}", "deadline: 8s, idle_timeout: 300ms}"
+        )
+        async with running_chainer(text, tmp_path) as bound:
+            async with await anyio.connect_tcp("127.0.0.1", bound[0][1]) as s:
+                await s.send(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                started = time.monotonic()
+                got = b""
+                with anyio.fail_after(3):
+                    try:
+                        while True:
+                            got += await s.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        pass
+                assert got.startswith(b"HTTP/1.1 200 ")
+                assert 0.25 < time.monotonic() - started < 2.0
+
+
+async def test_absolute_form_is_forwarded_without_hop_by_hop_headers(
+    tmp_path: Path, plain_origin: Origin
+) -> None:
+    async with task_group() as tg:
+        hop = await start_hop(tg, "ok")
+        proxies = f"  h: {hop.url()}\n"
+        async with running_chainer(
+            config("  - {match: '*', via: [h]}", proxies), tmp_path
+        ) as bound:
+            rc, body, err = await run_curl(
+                "-x",
+                f"http://127.0.0.1:{bound[0][1]}",
+                "-U",
+                "someone:proxy-pass",
+                "-H",
+                "Proxy-Connection: keep-alive",
+                "-H",
+                "X-Keep: yes",
+                plain_origin.url("/headers"),
+            )
+    assert rc == 0, err
+    headers = {k.lower(): v for k, v in json.loads(body).items()}
+    assert headers["x-keep"] == "yes"
+    assert "proxy-authorization" not in headers
+    assert "proxy-connection" not in headers
+    assert headers["host"] == f"127.0.0.1:{plain_origin.port}"
+    # the forwarded request went through the hop as a CONNECT to port of the URL
+    assert hop.requests[0].startswith(f"CONNECT 127.0.0.1:{plain_origin.port} ".encode())
+
+
+async def test_post_body_is_forwarded(tmp_path: Path, plain_origin: Origin) -> None:
+    async with running_chainer(config("  - {match: '*', via: direct}"), tmp_path) as bound:
+        rc, body, err = await run_curl(
+            "-x",
+            f"http://127.0.0.1:{bound[0][1]}",
+            "--data-binary",
+            "x" * 100000,
+            plain_origin.url("/echo-body"),
+        )
+    assert rc == 0, err
+    assert body == b"x" * 100000
+
+
+async def test_library_connect_uses_the_route_table(tmp_path: Path) -> None:
+    from chainer import Refused, Router
+
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        hop = await start_hop(tg, "ok")
+        path = tmp_path / "lib.yaml"
+        path.write_text(
+            config(
+                "  - {match: 'nope.test', via: reject}\n  - {match: '*', via: [h]}",
+                f"  h: {hop.url()}\n",
+            )
+        )
+        router = Router.from_file(path)
+        async with await router.connect("127.0.0.1", echo.port) as stream:
+            await stream.send(b"lib")
+            assert await stream.receive() == b"lib"
+        assert len(hop.requests) == 1
+        with pytest.raises(Refused):
+            await router.connect("nope.test", 443)
+
+
+@pytest.mark.realproxy
+async def test_real_proxies_as_hops(
+    tmp_path: Path,
+    tls_origin: Origin,
+    tinyproxy: Endpoint,
+    stunnel_https_proxy: Endpoint,
+    squid: Endpoint,
+) -> None:
+    """curl -> chainer -> [tinyproxy, stunnel+squid (an HTTPS proxy), squid] -> TLS origin."""
+    proxies = (
+        f"  tiny: http://{tinyproxy.hostport}\n"
+        f"  secure: {{url: 'https://{stunnel_https_proxy.hostport}', "
+        f"ca: '{stunnel_https_proxy.ca_pem}'}}\n"
+        f"  squid: http://{squid.hostport}\n"
+    )
+    async with running_chainer(
+        config("  - {match: '*', via: [tiny, secure, squid]}", proxies), tmp_path
+    ) as bound:
+        rc, body, err = await run_curl(
+            "-x",
+            f"http://127.0.0.1:{bound[0][1]}",
+            "--cacert",
+            tls_origin.ca_pem or "",
+            tls_origin.url("/real"),
+        )
+    assert (rc, body) == (0, b"origin:/real"), err

@@ -453,7 +453,9 @@ class Dialer:
                 ) from None
             raise
 
-    async def _ask_destination(self, run: _Run, stream: ByteStream, path: list[Proxy]) -> ByteStream:
+    async def _ask_destination(
+        self, run: _Run, stream: ByteStream, path: list[Proxy]
+    ) -> ByteStream:
         return await self._ask(run, stream, path, run.target, None, None)
 
 

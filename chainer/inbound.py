@@ -23,7 +23,7 @@ from anyio.abc import ByteStream
 
 from .errors import BadTarget, ChainerError
 from .models import Address
-from .proto.http import LAST_CHUNK, encode_chunk, forward_request
+from .proto.forward import LAST_CHUNK, encode_chunk, forward_request
 from .streams import with_prefix
 from .target import normalize_host, parse_authority
 

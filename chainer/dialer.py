@@ -142,8 +142,11 @@ def _is_dns(exc: BaseException) -> bool:
 
 
 async def _close(stream: ByteStream | None) -> None:
+    """Close at once, even inside a cancelled scope (where an unshielded await would
+    raise before the next stream in line got closed)."""
     if stream is not None:
-        await anyio.aclose_forcefully(stream)
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(stream)
 
 
 class Dialer:

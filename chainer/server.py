@@ -139,8 +139,13 @@ class Server:
             conn.outcome = "client_gone"
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             conn.outcome, conn.error = "client_error", type(exc).__name__
+        except Exception:
+            # A bug must cost one connection, not the listener and every tunnel on it.
+            conn.outcome, conn.error = "internal_error", "see traceback"
+            log.exception("conn=%d: internal error", conn.id)
         finally:
-            await anyio.aclose_forcefully(client)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(client)
             # A connection that closed without a request (a port probe, a load balancer's
             # health check) is logged at debug level only.
             quiet = conn.outcome == "client_gone" and conn.target is None

@@ -15,7 +15,8 @@ from .errors import BadTarget
 from .models import Address
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
-_NUMERIC = re.compile(r"^[0-9x.]+$")
+# What inet_aton would read as an address: dotted parts of decimal, octal or 0x-hex.
+_NUMERIC = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*$")
 
 
 def normalize_host(host: str) -> str:

@@ -400,7 +400,7 @@ class Dialer:
                     "destination",
                     f"could not reach {target}: {text}",
                     status=status,
-                    proxy_status=proxy_status.replace("connection", "destination"),
+                    proxy_status="connection_timeout" if cls.timeout else "destination_unavailable",
                 )
             return cls(
                 index + 1,

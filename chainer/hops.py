@@ -9,6 +9,7 @@ ssl.SSLError) pass through for the dialer to translate once.
 from __future__ import annotations
 
 import functools
+import socket
 import ssl
 
 import anyio
@@ -17,6 +18,7 @@ from anyio.streams.tls import TLSStream
 
 from .errors import HopAnswer, HopProtocolError
 from .models import Address, Proxy
+from .proto import socks_codes as codes
 from .proto.http import (
     NEED_DATA,
     ConnectResponseReader,
@@ -25,6 +27,7 @@ from .proto.http import (
     basic_authorization,
     connect_request,
 )
+from .proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, Socks5Client
 from .streams import with_prefix
 
 _DENIED = {401, 403, 407}
@@ -61,7 +64,84 @@ async def ask(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
     """Ask `proxy` (reached over `stream`) to open a tunnel to `target`."""
     if proxy.scheme in ("http", "https"):
         return await http_connect(stream, proxy, target)
-    raise HopAnswer("failed", 0, f"{proxy.scheme} hops are not supported yet")
+    if proxy.scheme in ("socks5", "socks5h"):
+        return await socks5_connect(stream, proxy, target)
+    return await socks4_connect(stream, proxy, target)
+
+
+async def socks5_connect(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
+    """RFC 1928 CONNECT. socks5 and socks5h both send names: the hop resolves them."""
+    client = Socks5Client(
+        target.host, target.port, username=proxy.username, password=proxy.password
+    )
+    await stream.send(client.greeting())
+    return await _drive_socks(stream, client)
+
+
+async def socks4_connect(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
+    host = target.host
+    if proxy.scheme == "socks4" and not target.is_ip:
+        if proxy.resolve != "local":
+            raise HopAnswer(
+                "failed", 0, f"socks4 cannot send the name {host}; use socks4a or resolve: local"
+            )
+        host = await _resolve_ipv4(host)
+    try:
+        client = Socks4Client(
+            host, target.port, user_id=proxy.username or "", socks4a=proxy.scheme == "socks4a"
+        )
+    except ValueError as exc:
+        raise HopAnswer("failed", 0, f"{proxy.scheme}: {exc}") from None
+    await stream.send(client.request())
+    return await _drive_socks(stream, client)
+
+
+async def _resolve_ipv4(host: str) -> str:
+    """`resolve: local` on a socks4 hop: the one place a chain resolves a name here."""
+    try:
+        infos = await anyio.getaddrinfo(host, None, family=socket.AF_INET)
+    except OSError as exc:
+        raise HopAnswer("failed", 0, f"cannot resolve {host} locally: {exc}") from None
+    return str(infos[0][4][0])
+
+
+_SOCKS_UNREACHABLE = {
+    codes.REP_NETWORK_UNREACHABLE,
+    codes.REP_HOST_UNREACHABLE,
+    codes.REP_CONNECTION_REFUSED,
+}
+
+
+async def _drive_socks(stream: ByteStream, codec: Socks5Client | Socks4Client) -> ByteStream:
+    while True:
+        try:
+            event = codec.next_event()
+        except ProtocolError as exc:
+            raise HopProtocolError(str(exc)) from None
+        if event is NEED_DATA:
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            codec.receive_data(data)
+        elif isinstance(event, Send):
+            await stream.send(event.data)
+        elif isinstance(event, Connected):
+            return with_prefix(stream, codec.trailing_data)
+        elif isinstance(event, AuthFailed):
+            raise HopAnswer("denied", 0, event.reason)
+        elif isinstance(event, Rejected):
+            text = f"answered {event.code:#04x} ({event.text})"
+            if isinstance(codec, Socks4Client):
+                # SOCKS4 says only "rejected or failed": it cannot tell down from denied.
+                raise HopAnswer("unreachable", event.code, f"answered {event.code} ({event.text})")
+            if event.code in _SOCKS_UNREACHABLE:
+                raise HopAnswer("unreachable", event.code, text)
+            if event.code == codes.REP_TTL_EXPIRED:
+                raise HopAnswer("timeout", event.code, text)
+            if event.code == codes.REP_NOT_ALLOWED:
+                raise HopAnswer("denied", event.code, text)
+            raise HopAnswer("failed", event.code, text)
 
 
 async def http_connect(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:

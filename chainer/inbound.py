@@ -15,12 +15,13 @@ import binascii
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import h11
 from anyio.abc import ByteStream
 
+from .answers import Failure
 from .errors import BadTarget, ChainerError
 from .models import Address
 from .proto.forward import LAST_CHUNK, encode_chunk, forward_request
@@ -91,21 +92,45 @@ def error_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
 
 
-def proxy_status_value(error: str, details: str, received_status: int | None = None) -> str:
-    """An RFC 9209 Proxy-Status member for this proxy."""
-    quoted = details.replace("\\", "\\\\").replace('"', '\\"')
-    quoted = "".join(c if " " <= c <= "~" else "?" for c in quoted)
-    received = f"; received-status={received_status}" if received_status else ""
-    return f'chainer; error={error}{received}; details="{quoted}"'
-
-
 @dataclass(slots=True)
-class HttpRequest:
+class Request:
+    """What a client asked for, whatever protocol it spoke."""
+
     kind: Literal["connect", "forward"]
     target: Address
     head: bytes = b""  # forward: the rewritten request head for the origin
     chunked: bool = False
     user: str | None = None
+
+
+class Inbound(Protocol):
+    """The server side of one client's protocol, as the per-connection flow sees it."""
+
+    async def read_request(self) -> Request: ...
+
+    async def reject(self, error: ClientError) -> None:
+        """Answer a request that could not be understood or accepted, then close."""
+
+    async def refuse(self, failure: Failure) -> None:
+        """Answer a request that routing or the chain could not serve."""
+
+    async def established(self) -> ByteStream:
+        """Tell the client its tunnel is up; its stream, early bytes first."""
+
+
+def open_inbound(
+    kind: str, stream: ByteStream, users: Mapping[str, str], first: bytes
+) -> Inbound | None:
+    """The inbound for a first byte of `kind`; None when no protocol begins that way."""
+    if kind == "http":
+        inbound = HttpInbound(stream, users)
+        inbound.feed(first)
+        return inbound
+    if kind in ("socks5", "socks4"):
+        from .inbound_socks import open_socks
+
+        return open_socks(kind, stream, users, first)
+    return None
 
 
 @dataclass(eq=False)
@@ -135,7 +160,7 @@ class HttpInbound:
                 data = b""
             self.conn.receive_data(data)
 
-    async def read_request(self) -> HttpRequest:
+    async def read_request(self) -> Request:
         event = await self._next_event()
         if isinstance(event, h11.ConnectionClosed):
             raise ClientGone()
@@ -153,7 +178,7 @@ class HttpInbound:
             end = await self._next_event()
             if not isinstance(end, h11.EndOfMessage):
                 raise ClientError(400, "CONNECT with a body")
-            return HttpRequest("connect", address, user=user)
+            return Request("connect", address, user=user)
         if target.startswith("/") or target == "*":
             raise ClientError(400, "not a proxy request: use an absolute URL or CONNECT")
         try:
@@ -167,7 +192,7 @@ class HttpInbound:
             name == b"transfer-encoding" and b"chunked" in value.lower()
             for name, value in event.headers
         )
-        return HttpRequest("forward", address, head=head, chunked=chunked, user=user)
+        return Request("forward", address, head=head, chunked=chunked, user=user)
 
     def _authenticate(self, request: h11.Request) -> str | None:
         if not self.users:
@@ -186,16 +211,29 @@ class HttpInbound:
         early, _closed = self.conn.trailing_data
         return with_prefix(self.stream, early)
 
-    async def refuse(self, data: bytes) -> None:
-        try:
-            await self.stream.send(data)
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+    async def reject(self, error: ClientError) -> None:
+        await send_quietly(
+            self.stream, error_response(error.status, error.message, extra=error.headers)
+        )
+
+    async def refuse(self, failure: Failure) -> None:
+        data = error_response(
+            failure.http_status, failure.message, proxy_status=failure.proxy_status_header
+        )
+        await send_quietly(self.stream, data)
 
     def body_stream(self, chunked: bool) -> ByteStream:
         """The client side of a forwarded request: receive() gives the request body as it
         goes to the origin (re-chunked when chunked), then waits; send() writes to the client."""
         return _ForwardStream(self, chunked)
+
+
+async def send_quietly(stream: ByteStream, data: bytes) -> None:
+    """Send a last answer to a client that may already be gone."""
+    try:
+        await stream.send(data)
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
 
 
 def _check_basic(value: bytes, users: Mapping[str, str]) -> str | None:
@@ -209,10 +247,15 @@ def _check_basic(value: bytes, users: Mapping[str, str]) -> str | None:
     user, sep, password = decoded.partition(":")
     if not sep:
         return None
-    # Compare against every user so timing says nothing about which names exist.
+    return check_user(users, user, password)
+
+
+def check_user(users: Mapping[str, str], username: str, password: str) -> str | None:
+    """The user these credentials belong to. Every user is compared, in constant time,
+    so timing says nothing about which names exist."""
     found = None
     for name, secret in users.items():
-        ok_name = hmac.compare_digest(name.encode(), user.encode())
+        ok_name = hmac.compare_digest(name.encode(), username.encode())
         ok_pass = hmac.compare_digest(secret.encode(), password.encode())
         if ok_name and ok_pass:
             found = name

@@ -15,16 +15,19 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
 from anyio.abc import Listener as AnyioListener
 from anyio.streams.tls import TLSStream
 
-from .dialer import Dialed, HopTrace
-from .errors import ChainFailed, HopError, Refused
+from .answers import failure_for
+from .dialer import HopTrace
+from .errors import ChainFailed, Refused
 from .inbound import (
     ClientError,
     ClientGone,
     HttpInbound,
-    HttpRequest,
+    Inbound,
+    Request,
     error_response,
     first_byte_kind,
-    proxy_status_value,
+    open_inbound,
+    send_quietly,
 )
 from .models import Address, Listener
 from .relay import relay
@@ -154,6 +157,7 @@ class Server:
     async def _serve_client(
         self, conn: _Conn, stream: ByteStream, listener: Listener, tls: ssl.SSLContext | None
     ) -> None:
+        inbound: Inbound | None = None
         with anyio.move_on_after(CLIENT_HANDSHAKE_TIMEOUT) as scope:
             first = await _receive_some(stream)
             kind = first_byte_kind(first[0])
@@ -163,80 +167,57 @@ class Server:
                 )
                 first = await _receive_some(stream)
                 kind = first_byte_kind(first[0])
-            if kind != "http":
+            inbound = open_inbound(kind, stream, dict(listener.users), first)
+            if inbound is None:
                 conn.outcome = "bad_request"
-                conn.error = f"{kind} first byte {first[:1]!r}"
-                if kind in ("tls", "garbage"):
-                    await stream.send(error_response(400, "not an HTTP or SOCKS request"))
+                conn.error = f"{kind} where a request should begin: {first[:8]!r}"
+                await send_quietly(stream, error_response(400, "not an HTTP or SOCKS request"))
                 return
-            inbound = HttpInbound(stream, dict(listener.users))
-            inbound.feed(first)
             try:
                 request = await inbound.read_request()
             except ClientError as exc:
                 conn.outcome, conn.error = "bad_request", exc.message
-                await inbound.refuse(error_response(exc.status, exc.message, extra=exc.headers))
+                await inbound.reject(exc)
                 return
         if scope.cancelled_caught:
             conn.outcome, conn.error = "client_timeout", "no complete request in time"
-            await _try_send(stream, error_response(408, "no complete request in time"))
+            if inbound is not None:
+                await inbound.reject(ClientError(408, "no complete request in time"))
             return
+        assert inbound is not None
         conn.target = request.target
-        await self._serve_http(conn, inbound, request)
+        await self._serve_request(conn, inbound, request)
 
-    async def _serve_http(self, conn: _Conn, inbound: HttpInbound, request: HttpRequest) -> None:
+    async def _serve_request(self, conn: _Conn, inbound: Inbound, request: Request) -> None:
         try:
             match, dialed = await self.router.open(request.target)
-        except Refused as exc:
-            conn.outcome, conn.error, conn.route = "refused", str(exc), exc.route or "-"
-            await inbound.refuse(
-                error_response(
-                    403,
-                    str(exc),
-                    proxy_status=proxy_status_value("destination_ip_prohibited", str(exc)),
-                )
-            )
-            return
-        except ChainFailed as exc:
-            conn.route = exc.route
-            await inbound.refuse(_failure_answer(conn, exc))
+        except (Refused, ChainFailed) as exc:
+            failure = failure_for(exc)
+            conn.outcome, conn.error = failure.outcome, failure.message
+            conn.route = exc.route or "-"
+            await inbound.refuse(failure)
             return
         conn.route, conn.via, conn.trace = match.route.label(), dialed.via.label, dialed.trace
+        idle = self.router.config.defaults.idle
         async with dialed.stream:
             if request.kind == "connect":
                 client = await inbound.established()
-                result = await relay(client, dialed.stream, self._idle(dialed))
+                result = await relay(client, dialed.stream, idle)
             else:
+                assert isinstance(inbound, HttpInbound)
                 await dialed.stream.send(request.head)
                 result = await relay(
                     inbound.body_stream(request.chunked),
                     dialed.stream,
-                    self._idle(dialed),
+                    idle,
                     end_with_upstream=True,
                 )
+                result.up += len(request.head)
         conn.up, conn.down = result.up, result.down
         if result.idle_closed:
             conn.outcome = "idle_timeout"
         elif result.error:
             conn.outcome, conn.error = "closed_on_error", result.error
-
-    def _idle(self, dialed: Dialed) -> float:
-        return self.router.config.defaults.idle
-
-
-def _failure_answer(conn: _Conn, exc: ChainFailed) -> bytes:
-    last: HopError | None = exc.last
-    status = 504 if exc.timeout else 502
-    conn.outcome = "timeout" if exc.timeout else "failed"
-    details = exc.describe()
-    conn.error = details
-    if exc.reason is not None:
-        value = proxy_status_value("connection_timeout", details)
-    elif last is not None:
-        value = proxy_status_value(last.proxy_status, details, last.status)
-    else:
-        value = proxy_status_value("proxy_internal_error", details)
-    return error_response(status, details, proxy_status=value)
 
 
 async def _serve_listener(
@@ -252,13 +233,6 @@ async def _receive_some(stream: ByteStream) -> bytes:
     except anyio.EndOfStream:
         raise ClientGone() from None
     return data
-
-
-async def _try_send(stream: ByteStream, data: bytes) -> None:
-    try:
-        await stream.send(data)
-    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
 
 
 __all__ = ["Server"]

@@ -40,3 +40,14 @@ def test_segmented_example_routes_lab_names_through_both_hops(tmp_path: Path) ->
     match = table.match(Address("db.lab.corp.example", 5432))
     assert match is not None
     assert [g.label() for g in match.route.via.hops] == ["corp", "[bastion, bastion2]"]
+
+
+def test_privacy_example_never_goes_direct(tmp_path: Path) -> None:
+    config = load_config(ROOT / "examples" / "privacy.yaml")
+    vias = [r.via for r in config.routes] + [f for r in config.routes for f in r.fallback]
+    assert all(via.kind != "direct" for via in vias)
+    match = RouteTable(config.routes).match(Address("example.com", 443))
+    assert match is not None
+    exits = match.route.via.hops[-1]
+    assert exits.strategy == "random"
+    assert all(p.scheme == "socks5h" for g in match.route.via.hops for p in g.candidates)

@@ -75,6 +75,8 @@ def _socks5_reply(error: HopError) -> int:
         return codes.REP_TTL_EXPIRED
     if error.proxy_status == "dns_error":
         return codes.REP_HOST_UNREACHABLE
+    if error.proxy_status == "destination_ip_unroutable":
+        return codes.REP_NETWORK_UNREACHABLE
     if error.proxy_status == "connection_refused":
         return codes.REP_CONNECTION_REFUSED
     if error.proxy_status == "destination_unavailable":

@@ -25,6 +25,7 @@ Every failure is kept, in order, for the client's error and the log line.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -133,12 +134,21 @@ def _transport_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _is_dns(exc: BaseException) -> bool:
-    while exc is not None:
-        if isinstance(exc, socket.gaierror):
-            return True
-        exc = exc.__cause__  # type: ignore[assignment]
-    return False
+def _connect_status(exc: BaseException) -> str:
+    """The RFC 9209 error type for a failed TCP connect."""
+    errnos = set()
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return "dns_error"
+        if isinstance(cause, OSError) and cause.errno:
+            errnos.add(cause.errno)
+        cause = cause.__cause__
+    if errnos & {errno.ENETUNREACH, errno.EHOSTUNREACH}:
+        return "destination_ip_unroutable"
+    if errno.ECONNREFUSED in errnos:
+        return "connection_refused"
+    return "destination_unavailable"
 
 
 async def _close(stream: ByteStream | None) -> None:
@@ -205,7 +215,7 @@ class Dialer:
                     "direct",
                     "connect",
                     f"{target}: {_transport_reason(exc)}",
-                    proxy_status="dns_error" if _is_dns(exc) else "connection_refused",
+                    proxy_status=_connect_status(exc),
                 )
             ) from None
         return stream, [HopTrace(0, "direct", anyio.current_time() - started)]
@@ -304,7 +314,7 @@ class Dialer:
                             proxy.name,
                             "connect",
                             f"{proxy.describe()}: {_transport_reason(exc)}",
-                            proxy_status="dns_error" if _is_dns(exc) else "connection_refused",
+                            proxy_status=_connect_status(exc),
                         )
                     ) from None
             else:

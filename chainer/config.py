@@ -62,7 +62,10 @@ _DEFAULT_KEYS = {
     "handshake_timeout": "handshake",
     "idle_timeout": "idle",
     "deadline": "deadline",
+    "fail_window": "fail_window",
+    "fail_timeout": "fail_timeout",
 }
+_BREAKER_KEYS = ("max_fails", "fail_window", "fail_timeout")
 _PROXY_KEYS = (
     "url",
     "username",
@@ -73,6 +76,7 @@ _PROXY_KEYS = (
     "insecure",
     "sni",
     "resolve",
+    *_BREAKER_KEYS,
 )
 _LISTEN_KEYS = ("address", "tls", "auth", "allow")
 _ROUTE_KEYS = ("match", "via", "fallback")
@@ -251,6 +255,15 @@ class _Parser:
             self.error(node, path, str(e))
             return None
 
+    def count(self, node: Node, path: str) -> int | None:
+        """A whole number from 1 to 1000."""
+        if isinstance(node, ScalarNode) and node.tag == _INT:
+            value = int(_CONSTRUCTOR.construct_yaml_int(node))
+            if 1 <= value <= 1000:
+                return value
+        self.error(node, path, f"expected a whole number from 1 to 1000, got {_what(node)}")
+        return None
+
     def flag(self, node: Node, path: str) -> bool | None:
         if isinstance(node, ScalarNode) and node.tag == _BOOL:
             return _CONSTRUCTOR.construct_yaml_bool(node)
@@ -285,14 +298,17 @@ class _Parser:
         entries = self.mapping(node, "defaults")
         if entries is None:
             return base
-        self.known(entries, _DEFAULT_KEYS, "defaults")
+        self.known(entries, [*_DEFAULT_KEYS, "max_fails"], "defaults")
         values: dict[str, float] = {}
         for key, field in _DEFAULT_KEYS.items():
             if key in entries:
                 seconds = self.duration(entries[key][1], f"defaults.{key}")
                 if seconds is not None:
                     values[field] = seconds
-        return Timeouts(**values)
+        max_fails = base.max_fails
+        if "max_fails" in entries:
+            max_fails = self.count(entries["max_fails"][1], "defaults.max_fails") or max_fails
+        return Timeouts(**values, max_fails=max_fails)
 
     def read_listeners(self, node: Node | None) -> tuple[Listener, ...]:
         if node is None or _is_null(node):
@@ -458,6 +474,9 @@ class _Parser:
         credentials = options.credentials(parsed, url_node)
         connect = options.duration("connect_timeout", self.defaults.connect)
         handshake = options.duration("handshake_timeout", self.defaults.handshake)
+        fail_window = options.duration("fail_window", self.defaults.fail_window)
+        fail_timeout = options.duration("fail_timeout", self.defaults.fail_timeout)
+        max_fails = options.count("max_fails", self.defaults.max_fails)
         tls = options.tls()
         resolve = options.resolve()
         if (
@@ -466,6 +485,9 @@ class _Parser:
             or credentials is None
             or connect is None
             or handshake is None
+            or fail_window is None
+            or fail_timeout is None
+            or max_fails is None
             or tls is None
             or resolve is None
         ):
@@ -485,6 +507,9 @@ class _Parser:
             insecure=insecure,
             sni=sni,
             resolve=resolve,
+            max_fails=max_fails,
+            fail_window=fail_window,
+            fail_timeout=fail_timeout,
             line=key_node.start_mark.line + 1,
         )
 
@@ -769,6 +794,10 @@ class _ProxyOptions:
     def duration(self, key: str, default: float) -> float | None:
         node = self.get(key)
         return default if node is None else self.parser.duration(node, f"{self.path}.{key}")
+
+    def count(self, key: str, default: int) -> int | None:
+        node = self.get(key)
+        return default if node is None else self.parser.count(node, f"{self.path}.{key}")
 
     def tls(self) -> tuple[str | None, bool, str | None] | None:
         p, path = self.parser, self.path

@@ -41,6 +41,7 @@ from .errors import (
     ChainerError,
     ChainFailed,
     HopAnswer,
+    HopClosed,
     HopError,
     HopProtocolError,
     HopTimeout,
@@ -70,7 +71,8 @@ class Dialed:
     stream: ByteStream
     via: Via
     trace: tuple[HopTrace, ...]
-    attempts: tuple[HopError, ...]
+    attempts: tuple[HopError, ...]  # failures on the way, in order
+    skipped: tuple[tuple[int, str], ...] = ()  # (hop index, name) skipped: circuit open
 
 
 class _DeadlineExceeded(ChainerError):
@@ -81,15 +83,35 @@ class _Exhausted(ChainerError):
     """Every candidate of one position failed."""
 
 
+class _Stale(Exception):
+    """A connection kept from a failed request was closed by the hop before it answered
+    the next one (the keep-alive race): rebuild it and ask again, charging no one."""
+
+
+class _Survived(Exception):
+    """A hop answered a failure about the next hop and kept its connection open: the next
+    candidate can be asked over the same connection (failover in place)."""
+
+    def __init__(self, error: HopError, stream: ByteStream) -> None:
+        self.error = error
+        self.stream = stream
+
+
 @dataclass(slots=True)
 class _Run:
     """State of one dial: the overall deadline, the failures so far, the attempt budget."""
 
     target: Address
-    deadline: float
+    started: float
     total: float
     attempts: list[HopError] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    denied: set[tuple[str, str]] = field(default_factory=set)
     tries: int = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.total
 
     def overall(self, waiting_for: str) -> tuple[float, Callable[[], ChainerError]]:
         return self.deadline, lambda: _DeadlineExceeded(
@@ -97,6 +119,7 @@ class _Run:
         )
 
     def fail(self, error: HopError) -> HopError:
+        error.elapsed = anyio.current_time() - self.started
         self.attempts.append(error)
         return error
 
@@ -166,8 +189,7 @@ class Dialer:
 
     async def dial(self, route: str, vias: Sequence[Via], target: Address) -> Dialed:
         """Reach `target` by the first of `vias` that works, within the deadline."""
-        now = anyio.current_time()
-        run = _Run(target, now + self.defaults.deadline, self.defaults.deadline)
+        run = _Run(target, anyio.current_time(), self.defaults.deadline)
         for position, via in enumerate(vias):
             if via.kind == "reject":
                 if position == 0:
@@ -181,9 +203,9 @@ class Dialer:
             except (_Exhausted, HopError):
                 continue
             except _DeadlineExceeded as exc:
-                raise ChainFailed(route, run.attempts, reason=str(exc)) from None
-            return Dialed(stream, via, tuple(trace), tuple(run.attempts))
-        raise ChainFailed(route, run.attempts)
+                raise ChainFailed(route, run.attempts, str(exc), run.skipped) from None
+            return Dialed(stream, via, tuple(trace), tuple(run.attempts), tuple(run.skipped))
+        raise ChainFailed(route, run.attempts, None, run.skipped)
 
     async def _direct(self, run: _Run) -> tuple[ByteStream, list[HopTrace]]:
         target = run.target
@@ -238,7 +260,27 @@ class Dialer:
         if pos == len(via.hops):
             assert prev is not None
             return await self._ask_destination(run, prev, path)
-        for candidate in self.health.order(via.hops[pos]):
+        edge_from = path[-1].name if path else ""
+        queue = [
+            c
+            for c in self.health.order(via.hops[pos], edge_from)
+            if (edge_from, c.name) not in run.denied
+        ]
+        skipped: list[Proxy] = []
+        tried = 0
+        reused = False  # prev is a hop connection kept from a failed request
+        while queue or (skipped and not tried):
+            if queue:
+                candidate = queue.pop(0)
+                if not self.health.allow(edge_from, candidate):
+                    skipped.append(candidate)
+                    run.skipped.append((pos + 1, candidate.name))
+                    continue
+            else:
+                # Every candidate's circuit is open: try the one most likely to recover.
+                candidate = self.health.soonest(edge_from, skipped)
+                skipped = []
+            tried += 1
             if run.tries >= MAX_ATTEMPTS:
                 await _close(prev)
                 raise _DeadlineExceeded(f"gave up after {MAX_ATTEMPTS} attempts")
@@ -247,15 +289,24 @@ class Dialer:
                 prev = await self._rebuild(run, path)
             started = anyio.current_time()
             try:
-                stream = await self._reach(run, prev, path, candidate)
+                stream = await self._reach(run, prev, path, candidate, reused=reused)
+            except _Stale:
+                prev, reused = None, False
+                queue.insert(0, candidate)
+                run.tries -= 1
+                continue
+            except _Survived as exc:
+                prev, reused = exc.stream, True  # hop `pos` still listens: ask it again
+                self._charge(run, exc.error, pos, edge_from, candidate)
+                continue
             except HopError as exc:
-                prev = None
-                if exc.index - 1 < pos:
+                prev, reused = None, False
+                if not self._charge(run, exc, pos, edge_from, candidate):
                     raise  # the previous hop is at fault: unwind to its position
                 continue
-            prev = None
+            prev, reused = None, False
             seconds = anyio.current_time() - started
-            self.health.record_success(candidate, seconds)
+            self.health.record_success(edge_from, candidate, seconds)
             trace.append(HopTrace(pos + 1, candidate.name, seconds))
             try:
                 return await self._extend(via, run, stream, pos + 1, [*path, candidate], trace)
@@ -264,11 +315,25 @@ class Dialer:
                 continue  # no way on from this candidate: backtrack
             except HopError as exc:
                 del trace[pos:]
-                if exc.index - 1 < pos:
+                if not self._charge(run, exc, pos, edge_from, candidate):
                     raise
                 continue
         await _close(prev)
         raise _Exhausted()
+
+    def _charge(
+        self, run: _Run, error: HopError, pos: int, edge_from: str, candidate: Proxy
+    ) -> bool:
+        """Charge `error` to `candidate` if it is the one at fault; False when the fault
+        lies at an earlier position. A failure of the destination (as reported by the
+        last hop) is charged to no hop: another last hop may still reach it."""
+        if error.index - 1 < pos:
+            return False
+        if error.index - 1 == pos and error.phase != "destination":
+            self.health.record_failure(edge_from, candidate, error.reason, denied=error.denied)
+            if error.denied:
+                run.denied.add((edge_from, candidate.name))
+        return True
 
     async def _rebuild(self, run: _Run, path: list[Proxy]) -> ByteStream:
         """Reach the same nodes again after a failure cost us the connection."""
@@ -279,7 +344,13 @@ class Dialer:
         return stream
 
     async def _reach(
-        self, run: _Run, prev: ByteStream | None, path: list[Proxy], proxy: Proxy
+        self,
+        run: _Run,
+        prev: ByteStream | None,
+        path: list[Proxy],
+        proxy: Proxy,
+        *,
+        reused: bool = False,
     ) -> ByteStream:
         """A stream to `proxy`, ready for its request; consumes `prev`."""
         index = len(path) + 1
@@ -320,7 +391,9 @@ class Dialer:
             else:
                 assert prev is not None
                 through, prev = prev, None
-                stream = await self._ask(run, through, path, proxy.address, reach_limit, proxy)
+                stream = await self._ask(
+                    run, through, path, proxy.address, reach_limit, proxy, reused=reused
+                )
             if proxy.scheme == "https":
                 stream = await self._tls(run, stream, index, proxy, reach_limit)
             return stream
@@ -378,6 +451,8 @@ class Dialer:
         target: Address,
         reach_limit: Limit | None,
         next_proxy: Proxy | None,
+        *,
+        reused: bool = False,
     ) -> ByteStream:
         """Ask path[-1] for `target` (the next hop, or the destination when next_proxy is
         None) and charge a failure to whoever caused it. Consumes `stream`."""
@@ -424,9 +499,15 @@ class Dialer:
         try:
             return await _bounded(limits, lambda: hops.ask(stream, hop, target))
         except BaseException as exc:
-            await _close(stream)
+            survivor = exc.stream if isinstance(exc, HopAnswer) else None
+            if survivor is None or next_proxy is None:
+                await _close(survivor)
+                await _close(stream)
+                survivor = None
             if isinstance(exc, HopError):
                 raise  # a limit fired (HopTimeout is an OSError too)
+            if reused and isinstance(exc, (HopClosed, *_TRANSPORT_ERRORS)):
+                raise _Stale() from None
             if isinstance(exc, HopAnswer):
                 if exc.kind == "unreachable":
                     error = about_next(HopUnreachable, exc.text, exc.status, "connection_refused")
@@ -443,7 +524,10 @@ class Dialer:
                         proxy_status="http_request_denied" if denied else "proxy_internal_response",
                         denied=denied,
                     )
-                raise run.fail(error) from None
+                run.fail(error)
+                if survivor is not None:
+                    raise _Survived(error, survivor) from None
+                raise error from None
             if isinstance(exc, HopProtocolError):
                 raise run.fail(
                     HopUnreachable(

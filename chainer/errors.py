@@ -7,7 +7,10 @@ Messages never contain credentials: hops are named by their config name and thei
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from anyio.abc import ByteStream
 
 Phase = Literal["connect", "tls", "handshake", "destination"]
 
@@ -82,6 +85,7 @@ class HopError(ChainerError):
         self.status = status
         self.proxy_status = proxy_status
         self.denied = denied
+        self.elapsed = 0.0  # seconds into the connection's set-up when it happened
         super().__init__(self.describe())
 
     def where(self) -> str:
@@ -111,10 +115,17 @@ class ChainFailed(ChainerError):
     client's status code.
     """
 
-    def __init__(self, route: str, attempts: Sequence[HopError], reason: str | None = None) -> None:
+    def __init__(
+        self,
+        route: str,
+        attempts: Sequence[HopError],
+        reason: str | None = None,
+        skipped: Sequence[tuple[int, str]] = (),
+    ) -> None:
         self.route = route
         self.attempts = tuple(attempts)
         self.reason = reason
+        self.skipped = tuple(skipped)
         super().__init__(self.describe())
 
     @property
@@ -129,10 +140,21 @@ class ChainFailed(ChainerError):
         return last is not None and last.timeout
 
     def describe(self) -> str:
-        parts = [a.describe() for a in self.attempts]
+        text = describe_attempts(self.attempts, self.skipped)
         if self.reason:
-            parts.append(self.reason)
-        return "; ".join(parts) if parts else "no hop tried"
+            text = f"{text}; {self.reason}" if text else self.reason
+        return text or "no hop tried"
+
+
+def describe_attempts(attempts: Sequence[HopError], skipped: Sequence[tuple[int, str]] = ()) -> str:
+    """Every attempt, in order: `hop 2 (bastion): no answer in 10s`; when there were
+    several, each with its phase and when it happened; then the candidates skipped."""
+    if len(attempts) == 1 and not skipped:
+        parts = [attempts[0].describe()]
+    else:
+        parts = [f"{a.describe()} ({a.phase}, at {a.elapsed:.2f}s)" for a in attempts]
+    parts += [f"hop {i} ({name}): skipped, circuit open" for i, name in skipped]
+    return "; ".join(parts)
 
 
 class HopAnswer(ChainerError):
@@ -145,12 +167,17 @@ class HopAnswer(ChainerError):
     "failed" (anything else: the hop itself is at fault).
     """
 
-    def __init__(self, kind: str, status: int, text: str) -> None:
+    def __init__(self, kind: str, status: int, text: str, stream: ByteStream | None = None) -> None:
         self.kind = kind
         self.status = status
         self.text = text
+        self.stream = stream  # the hop's connection, when it survived the failure
         super().__init__(text)
 
 
 class HopProtocolError(ChainerError):
     """A hop's answer was not a valid answer (garbage, truncated, over the size bound)."""
+
+
+class HopClosed(HopProtocolError):
+    """A hop closed the connection before sending a single byte of its answer."""

@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
-from .errors import HopAnswer, HopProtocolError
+from .errors import HopAnswer, HopClosed, HopProtocolError
 from .models import Address, Proxy
 from .proto import socks_codes as codes
 from .proto.http import (
@@ -112,17 +112,23 @@ _SOCKS_UNREACHABLE = {
 }
 
 
+async def _receive(stream: ByteStream) -> bytes:
+    try:
+        return await stream.receive(_READ_SIZE)
+    except anyio.EndOfStream:
+        return b""
+
+
 async def _drive_socks(stream: ByteStream, codec: Socks5Client | Socks4Client) -> ByteStream:
+    answered = False
     while True:
         try:
             event = codec.next_event()
         except ProtocolError as exc:
-            raise HopProtocolError(str(exc)) from None
+            raise (HopProtocolError if answered else HopClosed)(str(exc)) from None
         if event is NEED_DATA:
-            try:
-                data = await stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
+            data = await _receive(stream)
+            answered = answered or bool(data)
             codec.receive_data(data)
         elif isinstance(event, Send):
             await stream.send(event.data)
@@ -150,16 +156,15 @@ async def http_connect(stream: ByteStream, proxy: Proxy, target: Address) -> Byt
         authorization = basic_authorization(proxy.username, proxy.password or "")
     await stream.send(connect_request(target.authority(), authorization))
     reader = ConnectResponseReader()
+    answered = False
     while True:
         try:
             event = reader.next_event()
         except ProtocolError as exc:
-            raise HopProtocolError(str(exc)) from None
+            raise (HopProtocolError if answered else HopClosed)(str(exc)) from None
         if event is NEED_DATA:
-            try:
-                data = await stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
+            data = await _receive(stream)
+            answered = answered or bool(data)
             reader.receive_data(data)
             continue
         if isinstance(event, Established):
@@ -168,8 +173,12 @@ async def http_connect(stream: ByteStream, proxy: Proxy, target: Address) -> Byt
         text = f"answered {status} {event.reason}".rstrip()
         if status in _DENIED:
             raise HopAnswer("denied", status, text)
+        # The answer was read whole and the hop keeps the connection: it can be asked again.
+        survivor = with_prefix(stream, reader.trailing_data) if event.reusable else None
         if status == 504:
-            raise HopAnswer("timeout", status, text)
+            raise HopAnswer("timeout", status, text, survivor)
         if status in _UNREACHABLE:
-            raise HopAnswer("unreachable", status, text)
+            raise HopAnswer("unreachable", status, text, survivor)
+        if survivor is not None:
+            await anyio.aclose_forcefully(survivor)
         raise HopAnswer("failed", status, text)

@@ -61,6 +61,11 @@ class Timeouts:
     handshake: float = 10.0
     idle: float = 600.0
     deadline: float = 30.0
+    # circuit breaker, per hop (see health.py): max_fails failures within fail_window
+    # open the circuit for fail_timeout, doubling on each reopening up to 32x.
+    max_fails: int = 1
+    fail_window: float = 10.0
+    fail_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,9 @@ class Proxy:
     insecure: bool = False
     sni: str | None = None
     resolve: Literal["remote", "local"] = "remote"
+    max_fails: int = 1
+    fail_window: float = 10.0
+    fail_timeout: float = 10.0
     line: int = 0
 
     @property

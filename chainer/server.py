@@ -17,7 +17,7 @@ from anyio.streams.tls import TLSStream
 
 from .answers import failure_for
 from .dialer import HopTrace
-from .errors import ChainFailed, Refused
+from .errors import ChainFailed, Refused, describe_attempts
 from .inbound import (
     ClientError,
     ClientGone,
@@ -55,6 +55,7 @@ class _Conn:
     down: int = 0
     outcome: str = "ok"
     error: str | None = None
+    failovers: str | None = None  # what failed on the way to a connection that worked
 
     def line(self) -> str:
         hops = ",".join(f"{h.name}:{h.seconds * 1000:.1f}ms" for h in self.trace) or "-"
@@ -72,6 +73,8 @@ class _Conn:
         ]
         if self.error:
             parts.append(f'error="{self.error}"')
+        if self.failovers:
+            parts.append(f'failovers="{self.failovers}"')
         return " ".join(parts)
 
 
@@ -198,6 +201,8 @@ class Server:
             await inbound.refuse(failure)
             return
         conn.route, conn.via, conn.trace = match.route.label(), dialed.via.label, dialed.trace
+        if dialed.attempts or dialed.skipped:
+            conn.failovers = describe_attempts(dialed.attempts, dialed.skipped)
         idle = self.router.config.defaults.idle
         async with dialed.stream:
             if request.kind == "connect":

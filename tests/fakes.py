@@ -18,7 +18,9 @@ import anyio
 from anyio.abc import ByteStream, Listener, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteStream
 
-Behaviour = str  # ok | silent | garbage | close | close_mid | split | coalesced | status:NNN
+Behaviour = (
+    str  # ok | keepalive | silent | garbage | close | close_mid | split | coalesced | status:NNN
+)
 
 
 @dataclass(eq=False)
@@ -50,6 +52,25 @@ class FakeHop:
         head = await buffered.receive_until(b"\r\n\r\n", 65536) + b"\r\n\r\n"
         self.requests.append(head)
         b = self.behaviour
+        while b == "keepalive":
+            # A proxy that keeps its connection after a failed CONNECT: a 502 with a
+            # body, then the next request on the same connection.
+            target = head.split(b" ")[1].decode()
+            host, _, port = target.rpartition(":")
+            try:
+                upstream = await anyio.connect_tcp(host.strip("[]"), int(port))
+            except OSError:
+                body = b"cannot reach it\n"
+                await client.send(
+                    b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                head = await buffered.receive_until(b"\r\n\r\n", 65536) + b"\r\n\r\n"
+                self.requests.append(head)
+                continue
+            async with upstream:
+                await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await _pipe(buffered, client, upstream)
+            return
         if b == "silent":
             # never answer; notice when the other side gives up and closes
             try:

@@ -760,3 +760,35 @@ def test_errors_are_sorted_by_line() -> None:
         """
     lines = [int(e.split(":")[1]) for e in errors(text)]
     assert lines == sorted(lines) == [2, 4]
+
+
+def test_breaker_settings_in_defaults_and_per_proxy() -> None:
+    config = parse(
+        """\
+        defaults: {max_fails: 3, fail_window: 30s, fail_timeout: 1m}
+        proxies:
+          a: http://10.0.0.1:3128
+          b: {url: "http://10.0.0.2:3128", max_fails: 1, fail_timeout: 5s}
+        routes:
+          - {match: "*", via: [[a, b]]}
+        """
+    )
+    assert (config.defaults.max_fails, config.defaults.fail_window) == (3, 30.0)
+    a, b = config.proxies
+    assert (a.max_fails, a.fail_window, a.fail_timeout) == (3, 30.0, 60.0)
+    assert (b.max_fails, b.fail_window, b.fail_timeout) == (1, 30.0, 5.0)
+
+
+def test_bad_breaker_settings_are_located() -> None:
+    got = errors(
+        """\
+        defaults: {max_fails: 0}
+        proxies:
+          a: {url: "http://10.0.0.1:3128", max_fails: many, fail_timeout: soon}
+        routes:
+          - {match: "*", via: a}
+        """
+    )
+    assert got[0].startswith("routes.yaml:1: defaults.max_fails: expected a whole number")
+    assert got[1].startswith("routes.yaml:3: proxies.a.max_fails: expected a whole number")
+    assert got[2].startswith("routes.yaml:3: proxies.a.fail_timeout: ")

@@ -1,0 +1,407 @@
+"""Failover that knows which hop failed: breakers, strategies, per-edge health, failover
+in place, reporting. Breakers run on a fake clock; dialer scenarios on loopback."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from fakes import FakeHop, free_port, running_chainer, start_echo, start_hop, task_group
+
+from chainer.dialer import Dialer
+from chainer.errors import ChainFailed
+from chainer.health import Breaker, Health
+from chainer.models import Address, HopGroup, Proxy, Timeouts, Via
+
+FAST = Timeouts(connect=1.0, handshake=0.5, idle=5.0, deadline=5.0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def node(name: str, port: int = 1, **kw: object) -> Proxy:
+    return Proxy(name, "http", Address("127.0.0.1", port), **kw)  # type: ignore[arg-type]
+
+
+# -- the breaker state machine -----------------------------------------------------------
+
+
+def test_breaker_opens_after_max_fails_within_the_window() -> None:
+    b = Breaker(max_fails=3, fail_window=10, fail_timeout=5)
+    assert not b.failure(0, "x")
+    assert not b.failure(4, "x")
+    assert not b.failure(15, "x")  # the first two fell out of the window
+    assert not b.failure(16, "x")
+    assert b.failure(17, "x")
+    assert b.state == "open"
+    assert not b.allow(21.9)
+    assert b.allow(22.0)  # half-open: one trial
+    assert b.state == "half_open"
+    assert not b.allow(22.1)  # a second connection does not get a trial
+    assert b.success()
+    assert b.state == "closed"
+    assert b.allow(22.2)
+
+
+def test_breaker_backs_off_and_caps() -> None:
+    b = Breaker(max_fails=1, fail_window=10, fail_timeout=2)
+    t = 0.0
+    periods = []
+    for _ in range(8):
+        assert b.failure(t, "down")
+        periods.append(b.open_for)
+        t = b.closes_at
+        assert b.allow(t)  # the trial...
+    assert periods == [2, 4, 8, 16, 32, 64, 64, 64]  # doubling, capped at 32x
+    assert b.success()
+    assert b.failure(t, "down")
+    assert b.open_for == 2  # a success resets the backoff
+
+
+def test_a_lost_trial_frees_its_slot() -> None:
+    b = Breaker(max_fails=1, fail_window=10, fail_timeout=1)
+    b.failure(0, "x")
+    assert b.allow(1)
+    assert not b.allow(2)
+    assert b.allow(62)  # the trial's outcome never came back (cancelled): lease over
+
+
+# -- strategies ----------------------------------------------------------------------------
+
+
+def test_round_robin_rotates_per_connection() -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    group = HopGroup((a, b, c), "round_robin")
+    health = Health()
+    firsts = [health.order(group)[0].name for _ in range(6)]
+    assert firsts == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_random_shuffles_per_connection() -> None:
+    group = HopGroup(tuple(node(n) for n in "abcd"), "random")
+    health = Health(rng=random.Random(7))
+    orders = {tuple(p.name for p in health.order(group)) for _ in range(40)}
+    assert len(orders) > 5
+    assert all(sorted(o) == list("abcd") for o in orders)
+
+
+def test_fastest_measures_unknowns_then_keeps_its_leader_through_noise() -> None:
+    a, b = node("a"), node("b")
+    group = HopGroup((a, b), "fastest")
+    health = Health()
+    assert [p.name for p in health.order(group)] == ["a", "b"]  # nothing measured
+    health.record_success("", a, 0.010)
+    assert [p.name for p in health.order(group)] == ["b", "a"]  # b unmeasured: try it
+    health.record_success("", b, 0.011)
+    assert health.order(group)[0] is a
+    health.record_success("", b, 0.007)  # b's average now a hair below a's: noise
+    assert health.latency(b) is not None
+    assert health.latency(b) < health.latency(a)  # type: ignore[operator]
+    assert health.order(group)[0] is a  # the leader keeps its place
+    for _ in range(10):
+        health.record_success("", b, 0.002)  # b clearly faster now
+    assert health.order(group)[0] is b
+
+
+# -- dialer scenarios ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def proxy(hop: FakeHop, name: str, **kw: object) -> Proxy:
+    kw.setdefault("connect_timeout", 1.0)
+    kw.setdefault("handshake_timeout", 0.5)
+    return Proxy(name, "http", Address("127.0.0.1", hop.port), **kw)  # type: ignore[arg-type]
+
+
+def chain(*groups: tuple[Proxy, ...]) -> Via:
+    return Via("chain", "t", tuple(HopGroup(g) for g in groups))
+
+
+async def dial(dialer: Dialer, via: Via, port: int) -> tuple[str, list[tuple], list]:
+    """Dial once; the outcome, the charged failures (index, hop, phase) and the skips."""
+    try:
+        dialed = await dialer.dial("r", [via], Address("127.0.0.1", port))
+    except ChainFailed as exc:
+        return "failed", [(a.index, a.hop, a.phase) for a in exc.attempts], list(exc.skipped)
+    await dialed.stream.aclose()
+    return "ok", [(a.index, a.hop, a.phase) for a in dialed.attempts], list(dialed.skipped)
+
+
+@pytest.mark.anyio
+async def test_silent_candidate_costs_its_timeout_once_then_is_skipped() -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        first, silent, good = [await start_hop(tg, b) for b in ("ok", "silent", "ok")]
+        via = chain(
+            (proxy(first, "first"),),
+            (proxy(silent, "silent", handshake_timeout=0.4), proxy(good, "good")),
+        )
+        dialer = Dialer(FAST, Health())
+        started = time.monotonic()
+        assert await dial(dialer, via, echo.port) == ("ok", [(2, "silent", "handshake")], [])
+        assert 0.4 <= time.monotonic() - started < 1.5
+        for _ in range(3):
+            started = time.monotonic()
+            assert await dial(dialer, via, echo.port) == ("ok", [], [(2, "silent")])
+            assert time.monotonic() - started < 0.3
+        assert silent.accepted == 1
+
+
+@pytest.mark.anyio
+async def test_refused_and_502_candidates_cost_no_timeout() -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        first = await start_hop(tg, "ok")
+        bad502 = await start_hop(tg, "status:502")
+        good = await start_hop(tg, "ok")
+        via = chain(
+            (proxy(first, "first"),),
+            (node("gone", free_port()), proxy(bad502, "bad502"), proxy(good, "good")),
+        )
+        started = time.monotonic()
+        outcome, charged, _ = await dial(Dialer(FAST), via, echo.port)
+        assert time.monotonic() - started < 0.4
+    assert outcome == "ok"
+    # "gone" is charged with the 502 hop 1 gave about it; bad502 with nothing: its 502
+    # was about the destination, and the next candidate reached it.
+    assert charged == [(2, "gone", "connect"), (2, "bad502", "destination")]
+
+
+@pytest.mark.anyio
+async def test_denied_hop_is_not_retried_for_the_same_connection_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        corp = await start_hop(tg, "status:407")
+        spare = await start_hop(tg, "ok")
+        second = await start_hop(tg, "ok")
+        # corp denies us when asked for hop 2; hop 2 has two candidates, but corp
+        # must be asked only once in this connection.
+        via = chain((proxy(corp, "corp"), proxy(spare, "spare")), (proxy(second, "second"),))
+        with caplog.at_level(logging.WARNING, logger="chainer.health"):
+            outcome, charged, _ = await dial(Dialer(FAST), via, echo.port)
+    assert outcome == "ok"
+    assert charged == [(1, "corp", "handshake")]
+    assert len(corp.requests) == 1
+    assert "circuit open: corp denied us (check its credentials or policy)" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_health_is_per_edge() -> None:
+    """bastion unreachable from corp-a says nothing about bastion from corp-b."""
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        corp_a = await start_hop(tg, "ok")
+        corp_b = await start_hop(tg, "ok")
+        bastion_hop = await start_hop(tg, "ok")
+        health = Health()
+        dialer = Dialer(FAST, health)
+        bastion = proxy(bastion_hop, "bastion")
+        a, b = proxy(corp_a, "corp-a"), proxy(corp_b, "corp-b")
+        health.record_failure("corp-a", bastion, "unreachable from a", denied=False)
+        assert health.state("corp-a", bastion) == "open"
+        assert health.state("corp-b", bastion) == "closed"
+        assert health.state("", bastion) == "closed"
+        # via corp-a: bastion is skipped, and since it is the only candidate it is still
+        # tried (most likely to recover), and works: its circuit closes
+        assert await dial(dialer, chain((a,), (bastion,)), echo.port) == (
+            "ok",
+            [],
+            [(2, "bastion")],
+        )
+        assert health.state("corp-a", bastion) == "closed"
+        assert await dial(dialer, chain((b,), (bastion,)), echo.port) == ("ok", [], [])
+
+
+@pytest.mark.anyio
+async def test_when_every_candidate_is_open_the_soonest_to_recover_is_tried() -> None:
+    clock = FakeClock()
+    health = Health(clock=clock)
+    x, y = node("x", free_port(), fail_timeout=30.0), node("y", free_port(), fail_timeout=5.0)
+    health.record_failure("", x, "down", denied=False)
+    health.record_failure("", y, "down", denied=False)
+    outcome, charged, skipped = await dial(Dialer(FAST, health), chain((x, y)), 9)
+    assert outcome == "failed"
+    assert skipped == [(1, "x"), (1, "y")]
+    assert charged == [(1, "y", "connect")]  # y reopens sooner: it alone was tried
+
+
+@pytest.mark.anyio
+async def test_failover_in_place_reuses_the_previous_hops_connection() -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        corp = await start_hop(tg, "keepalive")
+        good = await start_hop(tg, "ok")
+        via = chain((proxy(corp, "corp"),), (node("gone", free_port()), proxy(good, "good")))
+        outcome, charged, _ = await dial(Dialer(FAST), via, echo.port)
+    assert outcome == "ok"
+    assert charged == [(2, "gone", "connect")]
+    assert corp.accepted == 1  # one TCP connection to corp...
+    assert len(corp.requests) == 2  # ...asked twice
+
+
+@pytest.mark.anyio
+async def test_a_hop_that_closes_its_kept_connection_is_asked_again_on_a_new_one() -> None:
+    """The fake "ok" hop says 502 without Connection: close, then closes: chainer must
+    rebuild the prefix rather than blame hop 1 for closing."""
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        corp = await start_hop(tg, "ok")
+        good = await start_hop(tg, "ok")
+        via = chain((proxy(corp, "corp"),), (node("gone", free_port()), proxy(good, "good")))
+        outcome, charged, _ = await dial(Dialer(FAST), via, echo.port)
+    assert outcome == "ok"
+    assert charged == [(2, "gone", "connect")]
+    assert corp.accepted == 2
+
+
+@pytest.mark.anyio
+async def test_backtracking_tries_hop_2_from_each_hop_1_candidate() -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        blind = await start_hop(tg, "ok")
+        other = await start_hop(tg, "ok")
+        exit_node = node("exit", free_port())  # nothing listens: both hop-1s say 502
+        health = Health()
+        via = chain((proxy(blind, "blind"), proxy(other, "other")), (exit_node,))
+        outcome, charged, _ = await dial(Dialer(FAST, health), via, echo.port)
+    assert outcome == "failed"
+    assert charged == [(2, "exit", "connect"), (2, "exit", "connect")]
+    assert (len(blind.requests), len(other.requests)) == (1, 1)
+    # each failure was charged to its own edge; hop 1 candidates stay healthy
+    assert health.state("blind", exit_node) == "open"
+    assert health.state("other", exit_node) == "open"
+    assert health.state("", exit_node) == "closed"
+    assert health.state("", proxy(blind, "blind")) == "closed"
+
+
+# -- reporting, end to end ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_client_error_and_log_list_every_attempt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with task_group() as tg:
+        first = await start_hop(tg, "ok")
+        silent = await start_hop(tg, "silent")
+        gone = free_port()
+        yaml = (
+            f"listen: ['127.0.0.1:{free_port()}']\n"
+            "defaults: {handshake_timeout: 300ms, deadline: 5s}\n"
+            f"proxies:\n  first: {first.url()}\n  silent: {silent.url()}\n"
+            f"  gone: http://127.0.0.1:{gone}\n"
+            "routes:\n  - {match: '*', via: [first, [gone, silent]]}\n"
+        )
+        async with running_chainer(yaml, tmp_path) as bound:
+            with anyio.fail_after(5):
+                async with await anyio.connect_tcp("127.0.0.1", bound[0][1]) as s:
+                    await s.send(b"CONNECT example.test:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    answer = b""
+                    try:
+                        while True:
+                            answer += await s.receive()
+                    except anyio.EndOfStream:
+                        pass
+    head = answer.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 504 ")
+    status = next(line for line in head.split("\r\n") if line.startswith("Proxy-Status:"))
+    assert "error=connection_read_timeout" in status
+    assert (
+        "hop 2 (gone): hop 1 (first) could not reach it: answered 502 Bad Gateway (connect, at "
+        in status
+    )
+    assert "hop 2 (silent): no answer in 300ms (handshake, at " in status
+    access = [r.getMessage() for r in caplog.records if r.name == "chainer.access"]
+    assert len(access) == 1
+    assert "outcome=timeout" in access[0]
+    assert "hop 2 (gone)" in access[0]
+    assert "hop 2 (silent)" in access[0]
+    assert "circuit open: gone (from first)" in caplog.text
+    assert "circuit open: silent (from first)" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_successful_connection_logs_the_failovers_it_took(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chainer.access")
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        good = await start_hop(tg, "ok")
+        yaml = (
+            f"listen: ['127.0.0.1:{free_port()}']\n"
+            f"proxies:\n  good: {good.url()}\n  gone: http://127.0.0.1:{free_port()}\n"
+            "routes:\n  - {match: '*', via: [[gone, good]]}\n"
+        )
+        async with running_chainer(yaml, tmp_path) as bound:
+            with anyio.fail_after(5):
+                async with await anyio.connect_tcp("127.0.0.1", bound[0][1]) as s:
+                    await s.send(
+                        f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                    )
+                    assert (await s.receive()).startswith(b"HTTP/1.1 200 ")
+            # the line is written when the connection ends
+            with anyio.fail_after(2):
+                while not any(r.name == "chainer.access" for r in caplog.records):  # noqa: ASYNC110 (a log record has no event)
+                    await anyio.sleep(0.01)
+    line = next(r.getMessage() for r in caplog.records if r.name == "chainer.access")
+    assert "outcome=ok" in line
+    assert "hops=good:" in line
+    assert 'failovers="hop 1 (gone): ' in line
+
+
+@pytest.mark.realproxy
+@pytest.mark.anyio
+async def test_silent_hop_in_a_group_of_real_proxies_costs_one_second_once(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The issue's own acceptance case, with curl as the client: [tinyproxy] then
+    [a silent proxy, squid], handshake_timeout 1s."""
+    from realproxies import Origin, curl
+
+    tinyproxy = request.getfixturevalue("tinyproxy")
+    squid = request.getfixturevalue("squid")
+    origin: Origin = request.getfixturevalue("tls_origin")
+    async with task_group() as tg:
+        silent = await start_hop(tg, "silent")
+        yaml = (
+            f"listen: ['127.0.0.1:{free_port()}']\n"
+            "defaults: {handshake_timeout: 1s}\n"
+            f"proxies:\n  tiny: http://{tinyproxy.hostport}\n  silent: {silent.url()}\n"
+            f"  squid: http://{squid.hostport}\n"
+            "routes:\n  - {match: '*', via: [tiny, [silent, squid]]}\n"
+        )
+        async with running_chainer(yaml, tmp_path) as bound:
+            times = []
+            for i in range(4):
+                started = time.monotonic()
+                result = await anyio.to_thread.run_sync(
+                    lambda i=i: curl(
+                        "-x",
+                        f"http://127.0.0.1:{bound[0][1]}",
+                        "--cacert",
+                        origin.ca_pem or "",
+                        origin.url(f"/try{i}"),
+                    )
+                )
+                times.append(time.monotonic() - started)
+                assert (result.returncode, result.body) == (0, f"origin:/try{i}".encode())
+    assert 0.9 < times[0] < 2.5
+    assert all(t < 0.5 for t in times[1:]), times
+    assert silent.accepted == 1

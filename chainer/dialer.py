@@ -335,6 +335,39 @@ class Dialer:
                 run.denied.add((edge_from, candidate.name))
         return True
 
+    async def probe(
+        self, path: Sequence[Proxy], target: Proxy | Address | None = None
+    ) -> tuple[ByteStream, list[HopTrace]]:
+        """Reach every node of `path` in order — hop 1 directly, each next one through the
+        ones before — then, if given, `target` (one more hop, or a destination asked of the
+        last hop). No failover: the first failure raises HopError (or ChainFailed when the
+        deadline ran out). For `chainer check`; the caller closes the stream."""
+        run = _Run(
+            Address("0.0.0.0", 1) if not isinstance(target, Address) else target,
+            anyio.current_time(),
+            self.defaults.deadline,
+        )
+        nodes = [*path, target] if isinstance(target, Proxy) else list(path)
+        trace: list[HopTrace] = []
+        stream: ByteStream | None = None
+        try:
+            for pos, proxy in enumerate(nodes):
+                started = anyio.current_time()
+                stream = await self._reach(run, stream, nodes[:pos], proxy)
+                trace.append(HopTrace(pos + 1, proxy.name, anyio.current_time() - started))
+            if isinstance(target, Address):
+                assert stream is not None
+                started = anyio.current_time()
+                stream = await self._ask_destination(run, stream, nodes)
+                trace.append(HopTrace(len(nodes) + 1, str(target), anyio.current_time() - started))
+        except _DeadlineExceeded as exc:
+            raise ChainFailed("check", run.attempts, str(exc)) from None
+        except _Survived as exc:
+            await _close(exc.stream)
+            raise exc.error from None
+        assert stream is not None
+        return stream, trace
+
     async def _rebuild(self, run: _Run, path: list[Proxy]) -> ByteStream:
         """Reach the same nodes again after a failure cost us the connection."""
         stream: ByteStream | None = None

@@ -1,0 +1,83 @@
+"""Prometheus metrics, all named `chainer_*`, in a registry of the server's own.
+
+The server and dialer report events here; breaker states are read from Health when
+Prometheus scrapes, so nothing is kept twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .errors import HopError
+from .health import Health
+
+_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+_SETUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, health: Callable[[], Health]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "chainer_breaker_state",
+            "Circuit breaker per edge: 0 closed, 1 half-open, 2 open",
+            labels=["from", "hop"],
+        )
+        for edge in self._health().edges():
+            family.add_metric([edge.via or "-", edge.proxy], _STATE_VALUE[edge.state])
+        yield family
+
+
+class Metrics:
+    def __init__(self, health: Callable[[], Health]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Counter(
+            "chainer_connections",
+            "Finished client connections by route and outcome",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.active = Gauge("chainer_active_tunnels", "Tunnels open now", registry=r)
+        self.setup = Histogram(
+            "chainer_hop_setup_seconds",
+            "Time to reach each hop of a chain",
+            ["hop"],
+            buckets=_SETUP_BUCKETS,
+            registry=r,
+        )
+        self.failures = Counter(
+            "chainer_hop_failures",
+            "Failures charged to a hop, by phase and RFC 9209 error type",
+            ["hop", "phase", "reason"],
+            registry=r,
+        )
+        self.bytes = Counter(
+            "chainer_bytes", "Bytes relayed, by direction", ["direction"], registry=r
+        )
+        self.reloads = Counter(
+            "chainer_reloads", "Route table reloads, by result", ["result"], registry=r
+        )
+        r.register(_BreakerCollector(health))
+
+    def hop_setup(self, hop: str, seconds: float) -> None:
+        self.setup.labels(hop).observe(seconds)
+
+    def hop_failure(self, error: HopError) -> None:
+        self.failures.labels(error.hop, error.phase, error.proxy_status).inc()
+
+    def connection_done(self, route: str, outcome: str, up: int, down: int) -> None:
+        self.connections.labels(route, outcome).inc()
+        if up:
+            self.bytes.labels("up").inc(up)
+        if down:
+            self.bytes.labels("down").inc(down)
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "error").inc()

@@ -82,6 +82,14 @@ class _DeadlineExceeded(ChainerError):
 class _Exhausted(ChainerError):
     """Every candidate of one position failed."""
 
+    def __init__(self, only_destination: bool = False) -> None:
+        self.only_destination = only_destination  # each failure was the destination's
+        super().__init__()
+
+
+class _BudgetExhausted(ChainerError):
+    """The attempt budget ran out: this way is abandoned, the next fallback may run."""
+
 
 class _Stale(Exception):
     """A connection kept from a failed request was closed by the hop before it answered
@@ -106,7 +114,7 @@ class _Run:
     total: float
     attempts: list[HopError] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
-    denied: set[tuple[str, str]] = field(default_factory=set)
+    denied: set[str] = field(default_factory=set)  # hops that refused us: not asked again
     tries: int = 0
 
     @property
@@ -200,7 +208,7 @@ class Dialer:
                     stream, trace = await self._direct(run)
                 else:
                     stream, trace = await self._chain(via, run)
-            except (_Exhausted, HopError):
+            except (_Exhausted, _BudgetExhausted, HopError):
                 continue
             except _DeadlineExceeded as exc:
                 raise ChainFailed(route, run.attempts, str(exc), run.skipped) from None
@@ -261,65 +269,106 @@ class Dialer:
             assert prev is not None
             return await self._ask_destination(run, prev, path)
         edge_from = path[-1].name if path else ""
-        queue = [
-            c
-            for c in self.health.order(via.hops[pos], edge_from)
-            if (edge_from, c.name) not in run.denied
-        ]
+        queue = [c for c in self.health.order(via.hops[pos], edge_from) if c.name not in run.denied]
         skipped: list[Proxy] = []
         tried = 0
         reused = False  # prev is a hop connection kept from a failed request
-        while queue or (skipped and not tried):
-            if queue:
-                candidate = queue.pop(0)
-                if not self.health.allow(edge_from, candidate):
-                    skipped.append(candidate)
-                    run.skipped.append((pos + 1, candidate.name))
+        admitted: Proxy | None = None  # to be asked again: already let through its breaker
+        # How this position's candidates failed: all "not reached in time through the
+        # previous hop" means the previous hop is the silent one. All "the destination is
+        # unreachable" means earlier positions need not be retried.
+        timeouts = destinations = failures = 0
+        try:
+            while queue or admitted or (skipped and not tried):
+                if admitted is not None:
+                    candidate, admitted = admitted, None
+                elif queue:
+                    candidate = queue.pop(0)
+                    if not self.health.allow(edge_from, candidate):
+                        skipped.append(candidate)
+                        run.skipped.append((pos + 1, candidate.name))
+                        continue
+                else:
+                    # Every candidate's circuit is open: try the one most likely to recover.
+                    candidate = self.health.soonest(edge_from, skipped)
+                    skipped = []
+                tried += 1
+                if run.tries >= MAX_ATTEMPTS:
+                    self.health.release(edge_from, candidate)
+                    raise _BudgetExhausted(f"gave up after {MAX_ATTEMPTS} attempts")
+                run.tries += 1
+                outcome: HopError | None = None
+                settled = False
+                try:
+                    if prev is None and pos > 0:
+                        prev = await self._rebuild(run, path)
+                    started = anyio.current_time()
+                    try:
+                        stream = await self._reach(run, prev, path, candidate, reused=reused)
+                    except _Stale:
+                        prev, reused, admitted = None, False, candidate
+                        run.tries -= 1
+                        settled = True  # nothing learnt; asked again at once
+                        continue
+                    except _Survived as exc:
+                        prev, reused = exc.stream, True  # hop `pos` still listens: ask again
+                        outcome = exc.error
+                    except HopError as exc:
+                        prev, reused = None, False
+                        outcome = exc
+                    if outcome is not None:
+                        if not self._charge(run, outcome, pos, edge_from, candidate):
+                            raise outcome  # the previous hop is at fault: unwind to it
+                        settled = True
+                        failures += 1
+                        # no answer at all from the previous hop (not its 504)
+                        timeouts += (
+                            outcome.timeout and outcome.phase == "connect" and not outcome.status
+                        )
+                        continue
+                    prev, reused = None, False
+                    seconds = anyio.current_time() - started
+                    self.health.record_success(edge_from, candidate, seconds)
+                    settled = True
+                finally:
+                    if not settled:
+                        self.health.release(edge_from, candidate)
+                trace.append(HopTrace(pos + 1, candidate.name, seconds))
+                try:
+                    return await self._extend(via, run, stream, pos + 1, [*path, candidate], trace)
+                except _Exhausted as exc:
+                    del trace[pos:]
+                    failures += 1
+                    if exc.only_destination:
+                        # The destination failed from every last hop reached through this
+                        # candidate; other candidates here would reach the same last hops.
+                        raise
+                    continue  # no way on from this candidate: backtrack
+                except HopError as exc:
+                    del trace[pos:]
+                    if not self._charge(run, exc, pos, edge_from, candidate):
+                        raise
+                    failures += 1
+                    destinations += exc.phase == "destination"
                     continue
-            else:
-                # Every candidate's circuit is open: try the one most likely to recover.
-                candidate = self.health.soonest(edge_from, skipped)
-                skipped = []
-            tried += 1
-            if run.tries >= MAX_ATTEMPTS:
-                await _close(prev)
-                raise _DeadlineExceeded(f"gave up after {MAX_ATTEMPTS} attempts")
-            run.tries += 1
-            if prev is None and pos > 0:
-                prev = await self._rebuild(run, path)
-            started = anyio.current_time()
-            try:
-                stream = await self._reach(run, prev, path, candidate, reused=reused)
-            except _Stale:
-                prev, reused = None, False
-                queue.insert(0, candidate)
-                run.tries -= 1
-                continue
-            except _Survived as exc:
-                prev, reused = exc.stream, True  # hop `pos` still listens: ask it again
-                self._charge(run, exc.error, pos, edge_from, candidate)
-                continue
-            except HopError as exc:
-                prev, reused = None, False
-                if not self._charge(run, exc, pos, edge_from, candidate):
-                    raise  # the previous hop is at fault: unwind to its position
-                continue
-            prev, reused = None, False
-            seconds = anyio.current_time() - started
-            self.health.record_success(edge_from, candidate, seconds)
-            trace.append(HopTrace(pos + 1, candidate.name, seconds))
-            try:
-                return await self._extend(via, run, stream, pos + 1, [*path, candidate], trace)
-            except _Exhausted:
-                del trace[pos:]
-                continue  # no way on from this candidate: backtrack
-            except HopError as exc:
-                del trace[pos:]
-                if not self._charge(run, exc, pos, edge_from, candidate):
-                    raise
-                continue
+        except BaseException:
+            await _close(prev)
+            raise
         await _close(prev)
-        raise _Exhausted()
+        if pos > 0 and failures and timeouts == failures:
+            # Not one candidate was reached in time through the previous hop: blame it.
+            hop = path[-1]
+            names = ", ".join(c.name for c in via.hops[pos].candidates)
+            raise run.fail(
+                HopTimeout(
+                    pos,
+                    hop.name,
+                    "handshake",
+                    f"no answer about any next hop ({names})",
+                    proxy_status="connection_read_timeout",
+                )
+            )
+        raise _Exhausted(only_destination=bool(failures) and destinations == failures)
 
     def _charge(
         self, run: _Run, error: HopError, pos: int, edge_from: str, candidate: Proxy
@@ -332,7 +381,9 @@ class Dialer:
         if error.index - 1 == pos and error.phase != "destination":
             self.health.record_failure(edge_from, candidate, error.reason, denied=error.denied)
             if error.denied:
-                run.denied.add((edge_from, candidate.name))
+                run.denied.add(candidate.name)
+        elif error.index - 1 == pos:
+            self.health.release(edge_from, candidate)
         return True
 
     async def probe(
@@ -369,10 +420,17 @@ class Dialer:
         return stream, trace
 
     async def _rebuild(self, run: _Run, path: list[Proxy]) -> ByteStream:
-        """Reach the same nodes again after a failure cost us the connection."""
+        """Reach the same nodes again after a failure cost us the connection. A failure
+        here is charged like any other (and unwinds to the position at fault)."""
         stream: ByteStream | None = None
         for pos, proxy in enumerate(path):
-            stream = await self._reach(run, stream, path[:pos], proxy)
+            try:
+                stream = await self._reach(run, stream, path[:pos], proxy)
+            except _Survived as exc:
+                await _close(exc.stream)
+                raise exc.error from None
+            except _Stale:  # pragma: no cover - a rebuild never reuses a connection
+                raise AssertionError("stale connection in a rebuild") from None
         assert stream is not None
         return stream
 
@@ -505,10 +563,11 @@ class Dialer:
                     )
                 ),
             ),
-            run.overall(f"hop {index} ({hop.name})"),
         ]
         if reach_limit is not None:
             limits.append(reach_limit)
+        # Last: when a hop's own limit and the deadline fall together, the hop is named.
+        limits.append(run.overall(f"hop {index} ({hop.name})"))
 
         def about_next(cls: type[HopError], text: str, status: int, proxy_status: str) -> HopError:
             if next_proxy is None:

@@ -205,6 +205,13 @@ class Health:
         self._breaker(via, chosen).force(self._clock())
         return chosen
 
+    def release(self, via: str, proxy: Proxy) -> None:
+        """A connection let through an edge's breaker learnt nothing about it (it was
+        cancelled, ran out of time, or failed elsewhere): free the trial at once."""
+        breaker = self._breakers.get((via, proxy.name))
+        if breaker is not None:
+            breaker.trial_since = None
+
     def record_success(self, via: str, proxy: Proxy, seconds: float) -> None:
         key = (via, proxy.name)
         old = self._latency.get(key)
@@ -214,6 +221,10 @@ class Health:
             log.info("circuit closed: %s", _edge(via, proxy.name))
 
     def record_failure(self, via: str, proxy: Proxy, reason: str, *, denied: bool) -> None:
+        # A candidate that fails counts as slow for `fastest`, so it is not kept first
+        # forever as "unmeasured".
+        key = (via, proxy.name)
+        self._latency[key] = max(self._latency.get(key, 0.0), proxy.handshake_timeout)
         breaker = self._breaker(via, proxy)
         if breaker.failure(self._clock(), reason):
             what = "denied us (check its credentials or policy)" if denied else "failing"
@@ -224,6 +235,15 @@ class Health:
                 reason,
                 breaker.open_for,
             )
+
+    def forget(self, names: set[str]) -> None:
+        """Drop what is known about hops whose definition changed (or that are gone): a
+        reloaded table starts them afresh; every other hop keeps its health."""
+        if not names:
+            return
+        for table in (self._breakers, self._latency):
+            for key in [k for k in table if k[0] in names or k[1] in names]:
+                del table[key]
 
     # -- reports --------------------------------------------------------------------------
 

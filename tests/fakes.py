@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import ByteStream, Listener, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteStream
 
-Behaviour = (
+Behaviour = (  # "dies": like ok, but stops listening after its first 502
     str  # ok | keepalive | silent | garbage | close | close_mid | split | coalesced | status:NNN
 )
 
@@ -30,6 +30,7 @@ class FakeHop:
     requests: list[bytes] = field(default_factory=list)
     accepted: int = 0
     closed: int = 0
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     closed_event: anyio.Event = field(default_factory=anyio.Event)
 
     @property
@@ -102,6 +103,9 @@ class FakeHop:
             upstream = await anyio.connect_tcp(host.strip("[]"), int(port))
         except OSError:
             await client.send(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            if b == "dies":
+                # answered its one failure, then goes away: its port refuses from now on
+                self.scope.cancel()
             return
         async with upstream:
             answer = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -154,8 +158,13 @@ async def start_hop(tg: TaskGroup, behaviour: Behaviour) -> FakeHop:
         return hop
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     hop.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    tg.start_soon(_serve, listener, hop.handle)
+    tg.start_soon(_serve_scoped, listener, hop)
     return hop
+
+
+async def _serve_scoped(listener: Listener[SocketStream], hop: FakeHop) -> None:
+    with hop.scope:
+        await _serve(listener, hop.handle)
 
 
 @dataclass(eq=False)

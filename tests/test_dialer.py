@@ -71,12 +71,11 @@ SCENARIOS = [
     ([["status:504"]], 504, [(1, "status:504", "destination")]),
     # hop 1's 502 about hop 2 is hop 2's failure; both candidates of hop 2 are tried
     ([["ok"], ["refused", "refused"]], 502, [(2, "refused", "connect"), (2, "refused", "connect")]),
-    # every way on from hop 1's first candidate fails: backtrack to its second candidate
-    (
-        [["ok", "ok"], ["status:502"]],
-        502,
-        [(2, "status:502", "destination"), (2, "status:502", "destination")],
-    ),
+    # the destination fails from the only last hop: other hop-1 candidates would reach
+    # the same last hop, so they are not tried
+    ([["ok", "ok"], ["status:502"]], 502, [(2, "status:502", "destination")]),
+    # but a last hop unreachable from hop 1's first candidate sends us to its second
+    ([["ok", "ok"], ["refused"]], 502, [(2, "refused", "connect"), (2, "refused", "connect")]),
 ]
 
 

@@ -405,3 +405,119 @@ async def test_silent_hop_in_a_group_of_real_proxies_costs_one_second_once(
     assert 0.9 < times[0] < 2.5
     assert all(t < 0.5 for t in times[1:]), times
     assert silent.accepted == 1
+
+
+# -- regressions from review ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_kept_connection_failing_during_a_rebuild_is_charged_not_leaked() -> None:
+    """[A keep-alive] -> [B] -> [C1 gone, C2]: B says 502 about C1 and goes away; the
+    rebuild of [A, B] then meets A's kept-alive 502 about B. That must be an ordinary
+    failure of B, not an escaped internal signal."""
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        a = await start_hop(tg, "keepalive")
+        b = await start_hop(tg, "dies")
+        c2 = await start_hop(tg, "ok")
+        via = chain((proxy(a, "a"),), (proxy(b, "b"),), (node("c1", free_port()), proxy(c2, "c2")))
+        outcome, charged, _ = await dial(Dialer(FAST), via, echo.port)
+    assert outcome == "failed"
+    assert (2, "b", "connect") in charged
+
+
+@pytest.mark.anyio
+async def test_a_half_open_candidate_retried_after_a_stale_connection_is_not_skipped() -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        a = await start_hop(tg, "ok")  # 502 about c1 without Connection: close, then closes
+        c2_hop = await start_hop(tg, "ok")
+        health = Health()
+        c2 = proxy(c2_hop, "c2", fail_timeout=0.05)
+        health.record_failure("a", c2, "earlier trouble", denied=False)
+        await anyio.sleep(0.1)  # c2 is half-open now: one trial allowed
+        via = chain((proxy(a, "a"),), (node("c1", free_port()), c2))
+        outcome, charged, skipped = await dial(Dialer(FAST, health), via, echo.port)
+    assert (outcome, charged, skipped) == ("ok", [(2, "c1", "connect")], [])
+    assert health.state("a", c2) == "closed"
+
+
+@pytest.mark.anyio
+async def test_a_denied_hop_is_not_asked_again_after_backtracking() -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        a1, a2 = await start_hop(tg, "ok"), await start_hop(tg, "ok")
+        corp = await start_hop(tg, "status:407")
+        x = await start_hop(tg, "ok")
+        via = chain((proxy(a1, "a1"), proxy(a2, "a2")), (proxy(corp, "corp"),), (proxy(x, "x"),))
+        outcome, charged, _ = await dial(Dialer(FAST), via, echo.port)
+    assert outcome == "failed"
+    assert charged == [(2, "corp", "handshake")]
+    assert len(corp.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_a_silent_inner_hop_is_blamed_when_nothing_is_reached_through_it() -> None:
+    """hop 1 accepts and never answers; the hop-2 candidates' connect_timeout fires first.
+    Once no hop-2 candidate was reached through it, hop 1 itself is charged and its
+    alternative used."""
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        silent = await start_hop(tg, "silent")
+        good = await start_hop(tg, "ok")
+        x1, x2 = await start_hop(tg, "ok"), await start_hop(tg, "ok")
+        health = Health()
+        via = chain(
+            (proxy(silent, "silent", handshake_timeout=5.0), proxy(good, "good")),
+            (proxy(x1, "x1", connect_timeout=0.2), proxy(x2, "x2", connect_timeout=0.2)),
+        )
+        outcome, charged, _ = await dial(Dialer(FAST, health), via, echo.port)
+    assert outcome == "ok"
+    assert charged == [(2, "x1", "connect"), (2, "x2", "connect"), (1, "silent", "handshake")]
+    assert health.state("", proxy(silent, "silent")) == "open"
+
+
+@pytest.mark.anyio
+async def test_running_out_of_attempts_moves_on_to_the_fallback() -> None:
+    from chainer.dialer import MAX_ATTEMPTS
+    from chainer.models import DIRECT
+
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        firsts = [proxy(await start_hop(tg, "ok"), f"a{i}") for i in range(5)]
+        seconds = tuple(node(f"b{i}", free_port()) for i in range(4))
+        via = chain(tuple(firsts), seconds)
+        dialed = await Dialer(FAST).dial("r", [via, DIRECT], Address("127.0.0.1", echo.port))
+        await dialed.stream.aclose()
+    assert dialed.via is DIRECT
+    assert len(dialed.attempts) <= MAX_ATTEMPTS
+
+
+@pytest.mark.anyio
+async def test_a_trial_cut_short_by_the_deadline_is_released() -> None:
+    async with task_group() as tg:
+        silent_hop = await start_hop(tg, "silent")
+        health = Health()
+        silent = proxy(silent_hop, "silent", handshake_timeout=30.0, fail_timeout=0.05)
+        health.record_failure("", silent, "earlier", denied=False)
+        await anyio.sleep(0.1)
+        with pytest.raises(ChainFailed):
+            await Dialer(Timeouts(deadline=0.3), health).dial(
+                "r", [chain((silent,))], Address("example.test", 443)
+            )
+        # the deadline ended the trial without a verdict: the next connection may try
+        assert health.allow("", silent)
+
+
+@pytest.mark.anyio
+async def test_circuit_closing_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        hop = await start_hop(tg, "ok")
+        health = Health()
+        p = proxy(hop, "flappy", fail_timeout=0.05)
+        health.record_failure("", p, "earlier", denied=False)
+        await anyio.sleep(0.1)
+        with caplog.at_level(logging.INFO, logger="chainer.health"):
+            assert (await dial(Dialer(FAST, health), chain((p,)), echo.port))[0] == "ok"
+    assert "circuit closed: flappy" in caplog.text

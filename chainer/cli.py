@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
+import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
 import anyio
 
 from .config import load_config
-from .errors import ConfigErrors
+from .duration import parse_duration
+from .errors import BadTarget, ConfigErrors
+from .logs import setup_logging
 from .models import Config
-from .router import Router
-from .server import Server
+from .run import run_server
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +44,33 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(sub.add_parser("serve", help="run the router"))
     serve.add_argument("--log-file", help="write logs here instead of stderr")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"])
+    serve.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        help="on SIGTERM/SIGINT, how long live tunnels may finish (default 10s)",
+    )
+    serve.add_argument("--watch", action="store_true", help="reload when the file changes")
     with_config(sub.add_parser("validate", help="check the route table and exit"))
+
+    explain = with_config(
+        sub.add_parser("explain", help="which rule, chain and hops a destination gets")
+    )
+    explain.add_argument("destination", metavar="HOST[:PORT]")
+    explain.add_argument(
+        "--live", action="store_true", help="add hop health from the running admin endpoint"
+    )
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+
+    check = with_config(
+        sub.add_parser("check", help="probe each chain hop by hop, through the hops before it")
+    )
+    check.add_argument("selector", nargs="?", metavar="CHAIN|ROUTE", help="e.g. lab or routes[2]")
+    check.add_argument("--target", metavar="HOST[:PORT]", help="finally ask for this")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("demo", help="a local chained topology in one process, and its trace")
     return parser
 
 
@@ -49,31 +83,10 @@ def _load(path: str) -> Config | None:
         return None
 
 
-def _setup_logging(level: str, log_file: str | None) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger("chainer")
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-
-
-async def _serve(config: Config) -> None:
-    server = Server(Router(config))
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                logging.getLogger("chainer").info(
-                    "%s received, shutting down", signal.Signals(signum).name
-                )
-                tg.cancel_scope.cancel()
-                break
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        sys.exit(_demo())
     config = _load(args.config)
     if config is None:
         sys.exit(EXIT_USAGE)
@@ -83,14 +96,86 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{len(config.chains)} chains)"
         )
         sys.exit(EXIT_OK)
-    _setup_logging(args.log_level, args.log_file)
-    sys.exit(_run_server(config))
+    if args.command == "explain":
+        sys.exit(_explain(config, args.destination, args.live, args.json))
+    if args.command == "check":
+        sys.exit(_check(config, args.selector, args.target, args.json))
+    setup_logging(args.log_level, args.log_file, args.log_format)
+    sys.exit(_run_server(config, args.grace, args.watch))
 
 
-def _run_server(config: Config) -> int:
+def _error(message: object) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _explain(config: Config, destination: str, live: bool, as_json: bool) -> int:
+    from .explain import LiveUnavailable, explain, fetch_hops_view, render_json, render_text
+
+    health = None
+    if live:
+        if config.admin is None:
+            _error("--live needs an admin: address in the config")
+            return EXIT_USAGE
+        try:
+            health = fetch_hops_view(config.admin)
+        except LiveUnavailable as exc:
+            _error(exc)
+            return EXIT_RUNTIME
+    try:
+        explanation = explain(config, destination, health)
+    except BadTarget as exc:
+        _error(exc)
+        return EXIT_USAGE
+    if as_json:
+        print(json.dumps(render_json(explanation), indent=2))
+    else:
+        print(render_text(explanation), end="")
+    return EXIT_OK
+
+
+def _check(config: Config, selector: str | None, target_text: str | None, as_json: bool) -> int:
+    from .check import ProbeResult, UnknownSelector, check, render_json, render_table
+    from .explain import parse_destination
+
+    try:
+        target = parse_destination(target_text)[0] if target_text else None
+    except BadTarget as exc:
+        _error(exc)
+        return EXIT_USAGE
+
+    def progress(result: ProbeResult) -> None:
+        print(
+            f"  {result.chain} hop {result.hop} {result.candidate}: {result.outcome}",
+            file=sys.stderr,
+        )
+
+    show = progress if sys.stderr.isatty() and not as_json else None
+    try:
+        report = anyio.run(functools.partial(check, config, selector, target=target, progress=show))
+    except UnknownSelector as exc:
+        _error(exc)
+        return EXIT_USAGE
+    if as_json:
+        print(json.dumps(render_json(report), indent=2))
+    else:
+        print(render_table(report), end="")
+    return EXIT_OK if report.ok else EXIT_RUNTIME
+
+
+def _demo() -> int:
+    from .demo import run_demo
+
+    try:
+        ok = anyio.run(run_demo, sys.stdout)
+    except KeyboardInterrupt:
+        ok = False
+    return EXIT_OK if ok else EXIT_RUNTIME
+
+
+def _run_server(config: Config, grace: float, watch: bool) -> int:
     status = EXIT_OK
     try:
-        anyio.run(_serve, config)
+        anyio.run(functools.partial(run_server, config, grace=grace, watch=watch))
     except* OSError as group:
         for exc in _leaves(group):
             print(f"error: {exc}", file=sys.stderr)

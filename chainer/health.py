@@ -267,7 +267,9 @@ class Health:
             state: BreakerState = "closed" if breaker is None else breaker.state
             closes_in = None
             if breaker is not None and breaker.state == "open":
-                closes_in = max(0.0, breaker.closes_at - now)
+                closes_in = breaker.closes_at - now
+                if closes_in <= 0:  # due a trial: the next connection may try it
+                    state, closes_in = "half_open", None
             result.append(
                 EdgeHealth(
                     via,

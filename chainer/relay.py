@@ -2,11 +2,12 @@
 
 How this works: one task per direction reads up to 256 KiB and writes it on, with no
 cancel scope per chunk. End of stream in one direction is passed on as a half-close
-(`send_eof`) where the other side can carry one (a TLS leg cannot: it then stays open
-until the other direction ends). An error in either direction ends both. Idleness is
-watched by a third task that samples the byte counters every quarter of `idle` seconds
-and ends the relay once they have not moved for four samples in a row, so an idle
-tunnel is closed between `idle` and 1.25 x `idle` after its last byte.
+(`send_eof`) where the other side can carry one. A TLS leg cannot: the other direction
+then goes on only while bytes keep moving (LINGER), because the far side may itself be
+waiting for an end of stream that cannot reach it. An error in either direction ends
+both. Idleness is watched by a third task that samples the byte counters every quarter
+of `idle` seconds and ends the relay once they have not moved for four samples in a
+row, so an idle tunnel is closed between `idle` and 1.25 x `idle` after its last byte.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import anyio
 from anyio.abc import ByteStream
 
 CHUNK = 262144
+LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
 
 
 @dataclass(slots=True)
@@ -51,7 +53,10 @@ async def relay(
             try:
                 await dst.send_eof()
             except NotImplementedError:
-                pass  # a TLS leg cannot half-close; it ends with the other direction
+                # A TLS leg cannot half-close. Waiting for the other direction to end
+                # could wait forever (the peer may be waiting for our EOF in turn), so it
+                # may go on only while it keeps moving.
+                tg.start_soon(linger)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if result.error is None:
                 result.error = f"{'client' if src is client else 'upstream'}: {_why(exc)}"
@@ -60,6 +65,16 @@ async def relay(
         open_directions -= 1
         if open_directions == 0 or (end_with_upstream and not upward):
             tg.cancel_scope.cancel()
+
+    async def linger() -> None:
+        last = (-1, -1)
+        while True:
+            await anyio.sleep(LINGER)
+            now = (result.up, result.down)
+            if now == last:
+                tg.cancel_scope.cancel()
+                return
+            last = now
 
     async def watch_idle() -> None:
         step = idle / 4

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import logging
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
-from anyio.abc import Listener as AnyioListener
+from anyio.abc import (
+    ByteStream,
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+)
 from anyio.streams.tls import TLSStream
 
 from .answers import failure_for
-from .dialer import HopTrace
+from .dialer import Dialed
 from .errors import ChainFailed, Refused, describe_attempts
 from .inbound import (
     ClientError,
@@ -29,53 +34,16 @@ from .inbound import (
     open_inbound,
     send_quietly,
 )
-from .models import Address, Listener
+from .logs import ConnRecord, conn_id
+from .metrics import Metrics
+from .models import Address, Config, Listener, Proxy
 from .relay import relay
 from .router import Router
 from .streams import PrefixedStream
 
 log = logging.getLogger("chainer")
-access_log = logging.getLogger("chainer.access")
 
 CLIENT_HANDSHAKE_TIMEOUT = 10.0
-
-
-@dataclass(slots=True)
-class _Conn:
-    """What one connection's log line says."""
-
-    id: int
-    client: str
-    started: float = field(default_factory=time.monotonic)
-    target: Address | None = None
-    route: str = "-"
-    via: str = "-"
-    trace: tuple[HopTrace, ...] = ()
-    up: int = 0
-    down: int = 0
-    outcome: str = "ok"
-    error: str | None = None
-    failovers: str | None = None  # what failed on the way to a connection that worked
-
-    def line(self) -> str:
-        hops = ",".join(f"{h.name}:{h.seconds * 1000:.1f}ms" for h in self.trace) or "-"
-        parts = [
-            f"conn={self.id}",
-            f"client={self.client}",
-            f"dest={self.target or '-'}",
-            f"route={self.route}",
-            f"via={self.via}",
-            f"hops={hops}",
-            f"up={self.up}",
-            f"down={self.down}",
-            f"duration={time.monotonic() - self.started:.3f}s",
-            f"outcome={self.outcome}",
-        ]
-        if self.error:
-            parts.append(f'error="{self.error}"')
-        if self.failovers:
-            parts.append(f'failovers="{self.failovers}"')
-        return " ".join(parts)
 
 
 def _server_tls_context(listener: Listener) -> ssl.SSLContext | None:
@@ -87,9 +55,49 @@ def _server_tls_context(listener: Listener) -> ssl.SSLContext | None:
 
 
 class Server:
-    def __init__(self, router: Router) -> None:
+    """Serves the listeners of one route table; `reload` swaps the table for new
+    connections, `shutdown` stops accepting and lets live tunnels finish."""
+
+    def __init__(
+        self, router: Router, *, metrics: Metrics | None = None, grace: float = 10.0
+    ) -> None:
         self.router = router
+        self.metrics = metrics or Metrics(lambda: self.router.dialer.health)
+        self.grace = grace
+        self.active = 0
         self._ids = itertools.count(1)
+        self._stopping = anyio.Event()
+        self._drained = anyio.Event()
+        self.stopped = anyio.Event()  # set once serve() has returned
+
+    def reload(self, config: Config) -> None:
+        """New connections use `config`; live ones keep what they had. Health is kept for
+        hops whose definition did not change."""
+        old = self.router.config
+        changed = {p.name for p in old.proxies} - {
+            p.name for p in old.proxies if _same_proxy(p, config.proxy(p.name))
+        }
+        health = self.router.dialer.health
+        health.forget(changed)
+        self.router = Router(config, health)
+        if config.listeners != old.listeners:
+            log.warning("listener changes take effect at the next restart")
+        log.info(
+            "reloaded %s: %d routes, %d proxies (%d changed)",
+            config.path,
+            len(config.routes),
+            len(config.proxies),
+            len(changed),
+        )
+        self.metrics.reloaded(True)
+
+    @property
+    def draining(self) -> bool:
+        return self._stopping.is_set()
+
+    def shutdown(self) -> None:
+        """Stop accepting; live connections get `grace` seconds to finish."""
+        self._stopping.set()
 
     async def serve(
         self,
@@ -97,32 +105,62 @@ class Server:
         *,
         task_status: TaskStatus[list[tuple[str, int]]] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until cancelled; reports the bound (host, port) of each listener."""
+        """Serve until cancelled or shut down; reports the bound (host, port) of each
+        listener once all are listening."""
+        try:
+            await self._serve(listeners, task_status)
+        finally:
+            self.stopped.set()
+
+    async def _serve(
+        self,
+        listeners: Sequence[Listener] | None,
+        task_status: TaskStatus[list[tuple[str, int]]],
+    ) -> None:
         listeners = listeners if listeners is not None else self.router.config.listeners
         bound: list[tuple[str, int]] = []
-        async with anyio.create_task_group() as tg:
-            for listener in listeners:
-                tcp = await anyio.create_tcp_listener(
-                    local_host=listener.address.host, local_port=listener.address.port
-                )
-                sockname = tcp.extra(SocketAttribute.local_address)
-                assert isinstance(sockname, tuple)
-                host, port = str(sockname[0]), int(sockname[1])
-                bound.append((host, port))
-                log.info("listening on %s", Address(host, port))
-                tls = _server_tls_context(listener)
-                allow = tuple(ipaddress.ip_network(c, strict=False) for c in listener.allow)
+        async with anyio.create_task_group() as connections:
+            async with anyio.create_task_group() as accepting:
+                for listener in listeners:
+                    tcp = await anyio.create_tcp_listener(
+                        local_host=listener.address.host, local_port=listener.address.port
+                    )
+                    sockname = tcp.extra(SocketAttribute.local_address)
+                    assert isinstance(sockname, tuple)
+                    host, port = str(sockname[0]), int(sockname[1])
+                    bound.append((host, port))
+                    log.info("listening on %s", Address(host, port))
+                    for one in tcp.listeners:
+                        assert isinstance(one, SocketListener)
+                        accepting.start_soon(self._accept, one, listener, connections)
+                task_status.started(bound)
+                await self._stopping.wait()
+                accepting.cancel_scope.cancel()
+            log.info("stopped accepting; %d connections open", self.active)
+            if self.active:
+                with anyio.move_on_after(self.grace):
+                    await self._drained.wait()
+                if self.active:
+                    log.info("grace period over: closing %d connections", self.active)
+            connections.cancel_scope.cancel()
 
-                async def handle(
-                    client: SocketStream,
-                    listener: Listener = listener,
-                    tls: ssl.SSLContext | None = tls,
-                    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = allow,
-                ) -> None:
-                    await self._handle(client, listener, tls, allow)
-
-                tg.start_soon(_serve_listener, tcp, handle)
-            task_status.started(bound)
+    async def _accept(
+        self, tcp: SocketListener, listener: Listener, connections: TaskGroup
+    ) -> None:
+        tls = _server_tls_context(listener)
+        allow = tuple(ipaddress.ip_network(c, strict=False) for c in listener.allow)
+        async with tcp:
+            while True:
+                try:
+                    client = await tcp.accept()
+                except OSError as exc:
+                    # EMFILE and friends: back off instead of spinning or dying.
+                    log.warning("accept failed: %s; retrying in 100ms", exc)
+                    await anyio.sleep(0.1)
+                    continue
+                self.active += 1
+                self._drained = anyio.Event() if self.active == 1 else self._drained
+                connections.start_soon(self._handle, client, listener, tls, allow)
 
     async def _handle(
         self,
@@ -134,7 +172,8 @@ class Server:
         peer = client.extra(SocketAttribute.remote_address)
         peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         peer_port = int(peer[1]) if isinstance(peer, tuple) else 0
-        conn = _Conn(next(self._ids), str(Address(peer_host, peer_port)))
+        conn = ConnRecord(next(self._ids), str(Address(peer_host, peer_port)))
+        conn_id.set(conn.id)
         stream: ByteStream = client
         try:
             if allow and not any(ipaddress.ip_address(peer_host) in net for net in allow):
@@ -152,13 +191,14 @@ class Server:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(client)
-            # A connection that closed without a request (a port probe, a load balancer's
-            # health check) is logged at debug level only.
-            quiet = conn.outcome == "client_gone" and conn.target is None
-            access_log.log(logging.DEBUG if quiet else logging.INFO, "%s", conn.line())
+            conn.log()
+            self.metrics.connection_done(conn.route, conn.outcome, conn.up, conn.down)
+            self.active -= 1
+            if self.active == 0:
+                self._drained.set()
 
     async def _serve_client(
-        self, conn: _Conn, stream: ByteStream, listener: Listener, tls: ssl.SSLContext | None
+        self, conn: ConnRecord, stream: ByteStream, listener: Listener, tls: ssl.SSLContext | None
     ) -> None:
         inbound: Inbound | None = None
         with anyio.move_on_after(CLIENT_HANDSHAKE_TIMEOUT) as scope:
@@ -191,10 +231,12 @@ class Server:
         conn.target = request.target
         await self._serve_request(conn, inbound, request)
 
-    async def _serve_request(self, conn: _Conn, inbound: Inbound, request: Request) -> None:
+    async def _serve_request(self, conn: ConnRecord, inbound: Inbound, request: Request) -> None:
         try:
             match, dialed = await self.router.open(request.target)
         except (Refused, ChainFailed) as exc:
+            for attempt in getattr(exc, "attempts", ()):
+                self.metrics.hop_failure(attempt)
             failure = failure_for(exc)
             conn.outcome, conn.error = failure.outcome, failure.message
             conn.route = exc.route or "-"
@@ -203,6 +245,19 @@ class Server:
         conn.route, conn.via, conn.trace = match.route.label(), dialed.via.label, dialed.trace
         if dialed.attempts or dialed.skipped:
             conn.failovers = describe_attempts(dialed.attempts, dialed.skipped)
+        for attempt in dialed.attempts:
+            self.metrics.hop_failure(attempt)
+        for hop in dialed.trace:
+            self.metrics.hop_setup(hop.name, hop.seconds)
+        self.metrics.active.inc()
+        try:
+            await self._relay(conn, inbound, request, dialed)
+        finally:
+            self.metrics.active.dec()
+
+    async def _relay(
+        self, conn: ConnRecord, inbound: Inbound, request: Request, dialed: Dialed
+    ) -> None:
         idle = self.router.config.defaults.idle
         async with dialed.stream:
             if request.kind == "connect":
@@ -225,13 +280,6 @@ class Server:
             conn.outcome, conn.error = "closed_on_error", result.error
 
 
-async def _serve_listener(
-    tcp: AnyioListener[SocketStream], handle: Callable[[SocketStream], Awaitable[None]]
-) -> None:
-    async with tcp:
-        await tcp.serve(handle)
-
-
 async def _receive_some(stream: ByteStream) -> bytes:
     try:
         data = await stream.receive(65536)
@@ -241,3 +289,7 @@ async def _receive_some(stream: ByteStream) -> bytes:
 
 
 __all__ = ["Server"]
+
+
+def _same_proxy(old: Proxy, new: Proxy | None) -> bool:
+    return new is not None and dataclasses.replace(old, line=0) == dataclasses.replace(new, line=0)

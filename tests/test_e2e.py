@@ -310,3 +310,39 @@ async def test_real_proxies_as_hops(
             tls_origin.url("/real"),
         )
     assert (rc, body) == (0, b"origin:/real"), err
+
+
+async def test_a_tunnel_through_an_https_hop_ends_when_the_client_is_done(
+    tmp_path: Path, ca: object, ca_pem: str
+) -> None:
+    """A TLS leg cannot carry a half-close; the tunnel must still end soon after the client
+    has sent its last byte and got its answer, not at the idle timeout."""
+    cert = ca.issue_cert("127.0.0.1")  # type: ignore[attr-defined]
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "hop.pem"))
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        tls_port = free_port()
+        hop = (
+            f"listen:\n  - address: 127.0.0.1:{tls_port}\n"
+            "    tls: {cert: hop.pem, key: hop.pem}\n"
+            "routes:\n  - {match: '*', via: direct}\n"
+        )
+        async with running_chainer(hop, tmp_path, "hop.yaml"):
+            proxies = f"  secure: {{url: 'https://127.0.0.1:{tls_port}', ca: '{ca_pem}'}}\n"
+            async with running_chainer(
+                config("  - {match: '*', via: [secure]}", proxies), tmp_path
+            ) as bound:
+                started = time.monotonic()
+                got = b""
+                with anyio.fail_after(5):
+                    async with await anyio.connect_tcp("127.0.0.1", bound[0][1]) as s:
+                        target = f"127.0.0.1:{echo.port}".encode()
+                        await s.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\nbye")
+                        await s.send_eof()
+                        try:
+                            while True:
+                                got += await s.receive()
+                        except (anyio.EndOfStream, anyio.BrokenResourceError):
+                            pass
+    assert got == b"HTTP/1.1 200 Connection established\r\n\r\nbye"
+    assert time.monotonic() - started < 4.0

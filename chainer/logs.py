@@ -1,0 +1,136 @@
+"""Logging: one access line per connection, a connection id on every line, text or JSON.
+
+The connection id lives in a context variable set when a connection's task starts, so
+every line logged while serving it — circuit breakers opening, internal errors — carries
+`conn=N` without being passed around. Nothing here ever formats a credential: the
+access line is built from addresses, names and error texts that are credential-free.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dialer import HopTrace
+from .models import Address
+
+conn_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("conn_id", default=None)
+access_log = logging.getLogger("chainer.access")
+
+
+@dataclass(slots=True)
+class ConnRecord:
+    """What one connection's access line says."""
+
+    id: int
+    client: str
+    started: float = field(default_factory=time.monotonic)
+    target: Address | None = None
+    route: str = "-"
+    via: str = "-"
+    trace: tuple[HopTrace, ...] = ()
+    up: int = 0
+    down: int = 0
+    outcome: str = "ok"
+    error: str | None = None
+    failovers: str | None = None  # what failed on the way to a connection that worked
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "dest": str(self.target) if self.target else None,
+            "route": self.route,
+            "via": self.via,
+            "hops": [{"hop": h.name, "ms": round(h.seconds * 1000, 2)} for h in self.trace],
+            "up": self.up,
+            "down": self.down,
+            "duration": round(time.monotonic() - self.started, 3),
+            "outcome": self.outcome,
+            "error": self.error,
+            "failovers": self.failovers,
+        }
+
+    def line(self) -> str:
+        hops = ",".join(f"{h.name}:{h.seconds * 1000:.1f}ms" for h in self.trace) or "-"
+        parts = [
+            f"client={self.client}",
+            f"dest={self.target or '-'}",
+            f"route={self.route}",
+            f"via={self.via}",
+            f"hops={hops}",
+            f"up={self.up}",
+            f"down={self.down}",
+            f"duration={time.monotonic() - self.started:.3f}s",
+            f"outcome={self.outcome}",
+        ]
+        if self.error:
+            parts.append(f'error="{self.error}"')
+        if self.failovers:
+            parts.append(f'failovers="{self.failovers}"')
+        return " ".join(parts)
+
+    def log(self) -> None:
+        # A connection that closed (or was reset) without a request — a port probe, a
+        # load balancer's health check — is logged at debug level only.
+        quiet = self.outcome in ("client_gone", "client_error") and self.target is None
+        level = logging.DEBUG if quiet else logging.INFO
+        access_log.log(level, "%s", self.line(), extra={"fields": self.fields()})
+
+
+class _ConnFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.conn = conn_id.get()
+        return True
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        conn = getattr(record, "conn", None)
+        if conn is None:
+            return text
+        head, sep, message = text.partition(f" {record.name} ")
+        return f"{head}{sep}conn={conn} {message}"
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        conn = getattr(record, "conn", None)
+        if conn is not None:
+            entry["conn"] = conn
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        else:
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def setup_logging(level: str = "info", log_file: str | None = None, fmt: str = "text") -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.addFilter(_ConnFilter())
+    root = logging.getLogger("chainer")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False

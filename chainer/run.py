@@ -1,0 +1,100 @@
+"""`chainer serve` at run time: the server, the admin endpoint, signals, reloads.
+
+SIGHUP (or, with --watch, a change of the file's contents) reloads the route table: the
+new file is validated first; a bad one is reported with file:line and the running table
+stays. SIGTERM/SIGINT stop accepting and give live tunnels the grace period; a second
+signal closes them at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .admin import AdminView, serve_admin
+from .config import load_config
+from .errors import ConfigErrors
+from .models import Config
+from .router import Router
+from .server import Server
+
+log = logging.getLogger("chainer")
+
+WATCH_INTERVAL = 1.0
+
+
+async def run_server(config: Config, *, grace: float = 10.0, watch: bool = False) -> None:
+    server = Server(Router(config), grace=grace)
+    async with anyio.create_task_group() as tg:
+        if config.admin is not None:
+            view = AdminView(
+                config=lambda: server.router.config,
+                health=lambda: server.router.dialer.health,
+                registry=server.metrics.registry,
+                draining=lambda: server.draining,
+            )
+            await tg.start(serve_admin, config.admin, view)
+        await tg.start(server.serve)
+        if watch:
+            tg.start_soon(_watch, server, config.path)
+        await _signals(server, tg)
+
+
+def reload(server: Server, path: str) -> bool:
+    try:
+        config = load_config(path)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            log.error("reload refused, keeping the running table: %s", error)
+        server.metrics.reloaded(False)
+        return False
+    server.reload(config)
+    return True
+
+
+async def _signals(server: Server, tg: TaskGroup) -> None:
+    stopping = False
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading %s", server.router.config.path)
+                reload(server, server.router.config.path)
+            elif not stopping:
+                stopping = True
+                log.info("%s: stopping (grace %gs; again to close now)", name, server.grace)
+                server.shutdown()
+                tg.start_soon(_cancel_when_served, server, tg)
+            else:
+                log.info("%s again: closing every connection now", name)
+                tg.cancel_scope.cancel()
+
+
+async def _cancel_when_served(server: Server, tg: TaskGroup) -> None:
+    """Once the server has drained (or its grace ran out), end the admin and watchers."""
+    await server.stopped.wait()
+    tg.cancel_scope.cancel()
+
+
+def _digest(path: str) -> bytes | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError:
+        return None
+
+
+async def _watch(server: Server, path: str) -> None:
+    """Reload when the file's contents change (checked every second)."""
+    seen = _digest(path)
+    while True:
+        await anyio.sleep(WATCH_INTERVAL)
+        now = _digest(path)
+        if now is not None and now != seen:
+            seen = now
+            log.info("%s changed: reloading", path)
+            reload(server, path)

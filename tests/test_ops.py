@@ -1,0 +1,250 @@
+"""Running it for real: the `chainer serve` executable reloading on SIGHUP and on file
+changes, shutting down gracefully, and logging text or JSON with connection ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakes import free_port
+from realproxies import wait_port
+from test_cli import chainer_cmd
+
+
+class EchoServer:
+    """A threaded TCP echo server on loopback."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+class Chainer:
+    def __init__(self, config: Path, port: int, log: Path, *extra: str) -> None:
+        self.port = port
+        self.log = log
+        self.proc = subprocess.Popen(
+            [*chainer_cmd(), "serve", "-c", str(config), "--log-file", str(log), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert wait_port("127.0.0.1", port, 15), "chainer did not start"
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        content = ""
+        while time.monotonic() < deadline:
+            content = self.log.read_text() if self.log.exists() else ""
+            if text in content:
+                return content
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged; log:\n{content[-2000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def tunnel(port: int, target_port: int, host: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
+    """Open a CONNECT tunnel; return the socket and chainer's answer head."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"CONNECT {host}:{target_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return s, head
+
+
+def table(port: int, routes: str, extra: str = "") -> str:
+    return f"listen: ['127.0.0.1:{port}']\n{extra}routes:\n{routes}"
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[list[Chainer]]:
+    started: list[Chainer] = []
+    yield started
+    for c in started:
+        c.stop()
+
+
+def start(run: list[Chainer], tmp_path: Path, text: str, *extra: str) -> tuple[Chainer, Path]:
+    config = tmp_path / "routes.yaml"
+    config.write_text(text)
+    port = int(text.split("127.0.0.1:")[1].split("'")[0])
+    c = Chainer(config, port, tmp_path / "chainer.log", *extra)
+    run.append(c)
+    return c, config
+
+
+def test_sighup_reload_changes_new_connections_and_keeps_live_tunnels(
+    tmp_path: Path, echo: EchoServer, run: list[Chainer]
+) -> None:
+    port = free_port()
+    c, config = start(run, tmp_path, table(port, "  - {match: '*', via: direct}\n"))
+    live, head = tunnel(port, echo.port)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    config.write_text(table(port, "  - {match: '*', via: reject}\n"))
+    c.signal(signal.SIGHUP)
+    c.wait_log("reloaded")
+    refused, head = tunnel(port, echo.port)
+    refused.close()
+    assert head.startswith(b"HTTP/1.1 403 ")
+    live.sendall(b"still here")  # the tunnel opened before the reload keeps running
+    assert live.recv(100) == b"still here"
+    live.close()
+
+
+def test_a_bad_file_is_reported_and_the_running_table_stays(
+    tmp_path: Path, echo: EchoServer, run: list[Chainer]
+) -> None:
+    port = free_port()
+    c, config = start(run, tmp_path, table(port, "  - {match: '*', via: direct}\n"))
+    config.write_text(table(port, "  - {match: '*', via: nowhere}\n"))
+    c.signal(signal.SIGHUP)
+    log = c.wait_log("reload refused")
+    assert f'{config}:3: routes[0].via: no chain or proxy named "nowhere"' in log
+    s, head = tunnel(port, echo.port)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+
+
+def test_watch_reloads_when_the_file_changes(
+    tmp_path: Path, echo: EchoServer, run: list[Chainer]
+) -> None:
+    port = free_port()
+    c, config = start(run, tmp_path, table(port, "  - {match: '*', via: direct}\n"), "--watch")
+    config.write_text(table(port, "  - {match: '*', via: reject}\n"))
+    c.wait_log("changed: reloading")
+    c.wait_log("reloaded")
+    s, head = tunnel(port, echo.port)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 403 ")
+
+
+def test_sigterm_stops_accepting_and_lets_live_tunnels_finish(
+    tmp_path: Path, echo: EchoServer, run: list[Chainer]
+) -> None:
+    port = free_port()
+    c, _ = start(run, tmp_path, table(port, "  - {match: '*', via: direct}\n"), "--grace", "20s")
+    live, head = tunnel(port, echo.port)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    c.signal(signal.SIGTERM)
+    c.wait_log("stopped accepting; 1 connections open")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    live.sendall(b"after sigterm")
+    assert live.recv(100) == b"after sigterm"
+    assert c.proc.poll() is None  # waiting for the tunnel
+    live.close()
+    assert c.proc.wait(10) == 0
+
+
+def test_grace_period_ends_with_the_tunnels_closed(
+    tmp_path: Path, echo: EchoServer, run: list[Chainer]
+) -> None:
+    port = free_port()
+    c, _ = start(run, tmp_path, table(port, "  - {match: '*', via: direct}\n"), "--grace", "300ms")
+    live, _ = tunnel(port, echo.port)
+    started = time.monotonic()
+    c.signal(signal.SIGTERM)
+    assert c.proc.wait(10) == 0
+    assert time.monotonic() - started < 5
+    live.settimeout(5)
+    assert live.recv(100) == b""  # closed by chainer
+    live.close()
+    c.wait_log("grace period over: closing 1 connections")
+
+
+def test_json_logs_carry_the_connection_id_on_every_line(
+    tmp_path: Path, echo: EchoServer, run: list[Chainer]
+) -> None:
+    port = free_port()
+    gone = free_port()
+    text = table(
+        port,
+        "  - {match: 'a.test', via: [gone]}\n  - {match: '*', via: direct}\n",
+        f"proxies:\n  gone: http://127.0.0.1:{gone}\n",
+    )
+    c, _ = start(run, tmp_path, text, "--log-format", "json")
+    s, _ = tunnel(port, echo.port)
+    s.close()
+    s, head = tunnel(port, 443, host="a.test")
+    s.close()
+    assert head.startswith(b"HTTP/1.1 502 ")
+    c.wait_log('"outcome":"failed"')
+    c.wait_log('"outcome":"ok"')
+    lines = [json.loads(line) for line in c.log.read_text().splitlines()]
+    access = {e["outcome"]: e for e in lines if e["logger"] == "chainer.access"}
+    assert access["ok"]["dest"] == f"127.0.0.1:{echo.port}"
+    assert access["failed"]["dest"] == "a.test:443"
+    assert access["failed"]["hops"] == []
+    breaker = next(e for e in lines if "circuit open" in e.get("message", ""))
+    assert breaker["conn"] == access["failed"]["conn"]  # the breaker line names its connection
+    assert access["ok"]["conn"] != access["failed"]["conn"]
+
+
+def test_text_logs_carry_the_connection_id(
+    tmp_path: Path, echo: EchoServer, run: list[Chainer]
+) -> None:
+    port = free_port()
+    c, _ = start(run, tmp_path, table(port, "  - {match: '*', via: direct}\n"))
+    s, _ = tunnel(port, echo.port)
+    s.close()
+    log = c.wait_log("outcome=ok")
+    line = next(line for line in log.splitlines() if "chainer.access" in line)
+    assert re.search(r" chainer\.access conn=\d+ client=127\.0\.0\.1:\d+ dest=", line), line
+
+
+def test_signals_are_not_needed_for_a_clean_exit_code(tmp_path: Path, run: list[Chainer]) -> None:
+    port = free_port()
+    c, _ = start(run, tmp_path, table(port, "  - {match: '*', via: direct}\n"))
+    c.signal(signal.SIGINT)
+    assert c.proc.wait(10) == 0
+    assert os.path.exists(c.log)

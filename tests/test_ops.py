@@ -248,3 +248,28 @@ def test_signals_are_not_needed_for_a_clean_exit_code(tmp_path: Path, run: list[
     c.signal(signal.SIGINT)
     assert c.proc.wait(10) == 0
     assert os.path.exists(c.log)
+
+
+def test_reload_keeps_health_of_unchanged_hops_only(tmp_path: Path) -> None:
+    from chainer.config import parse_config
+    from chainer.router import Router
+    from chainer.server import Server
+
+    def table_with(b_port: int) -> str:
+        return (
+            "proxies:\n  a: http://127.0.0.1:3128\n"
+            f"  b: http://127.0.0.1:{b_port}\n  c: http://127.0.0.1:3130\n"
+            "routes:\n  - {match: '*', via: [[a, b, c]]}\n"
+        )
+
+    server = Server(Router(parse_config(table_with(3129), "routes.yaml")))
+    health = server.router.dialer.health
+    old = {p.name: p for p in server.router.config.proxies}
+    for name in ("a", "b"):
+        health.record_failure("", old[name], "down", denied=False)
+    server.reload(parse_config(table_with(4000), "routes.yaml"))  # b moved
+    new = {p.name: p for p in server.router.config.proxies}
+    assert server.router.dialer.health is health
+    assert health.state("", new["a"]) == "open"  # unchanged: its circuit stays open
+    assert health.state("", new["b"]) == "closed"  # changed: starts afresh
+    assert server.metrics.reloads.labels("ok")._value.get() == 1

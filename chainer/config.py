@@ -19,6 +19,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote
 
@@ -36,8 +37,11 @@ from .models import (
     Address,
     Config,
     HopGroup,
+    HttpOptions,
+    Limits,
     Listener,
     Pattern,
+    Policy,
     Proxy,
     Route,
     Scheme,
@@ -56,7 +60,18 @@ _STR, _INT, _FLOAT, _BOOL, _NULL = (_T + t for t in ("str", "int", "float", "boo
 _SCALAR_TAGS = frozenset((_STR, _INT, _FLOAT, _BOOL, _T + "timestamp"))
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
-_TOP_KEYS = ("listen", "admin", "defaults", "proxies", "chains", "routes")
+_TOP_KEYS = (
+    "listen",
+    "admin",
+    "defaults",
+    "limits",
+    "deny",
+    "allow_ports",
+    "http",
+    "proxies",
+    "chains",
+    "routes",
+)
 _DEFAULT_KEYS = {
     "connect_timeout": "connect",
     "handshake_timeout": "handshake",
@@ -78,8 +93,8 @@ _PROXY_KEYS = (
     "resolve",
     *_BREAKER_KEYS,
 )
-_LISTEN_KEYS = ("address", "tls", "auth", "allow")
-_ROUTE_KEYS = ("match", "via", "fallback")
+_LISTEN_KEYS = ("address", "tls", "auth", "allow", "open")
+_ROUTE_KEYS = ("match", "via", "fallback", "anonymous")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 _SCHEME_OF: dict[str, Scheme] = {s: s for s in SCHEMES}
@@ -166,6 +181,14 @@ class _Parser:
             self.read_chains(section["chains"])
         routes = self.read_routes(section.get("routes"))
         listeners = self.read_listeners(section.get("listen"))
+        limits = self.read_limits(section["limits"]) if "limits" in section else Limits()
+        policy = Policy(
+            deny=self.patterns(section["deny"], "deny") or () if "deny" in section else (),
+            allow_ports=self.read_ports(section["allow_ports"], "allow_ports")
+            if "allow_ports" in section
+            else (),
+        )
+        http = self.read_http(section["http"]) if "http" in section else HttpOptions()
         admin = None
         if "admin" in section and not _is_null(section["admin"]):
             admin = self.listen_address(section["admin"], "admin")
@@ -181,6 +204,9 @@ class _Parser:
             chains=tuple(self.chains.items()),
             routes=routes,
             admin=admin,
+            limits=limits,
+            policy=policy,
+            http=http,
         )
 
     def compose(self, text: str) -> Node | None:
@@ -255,13 +281,13 @@ class _Parser:
             self.error(node, path, str(e))
             return None
 
-    def count(self, node: Node, path: str) -> int | None:
-        """A whole number from 1 to 1000."""
+    def count(self, node: Node, path: str, maximum: int = 1000) -> int | None:
+        """A whole number from 1 to `maximum`."""
         if isinstance(node, ScalarNode) and node.tag == _INT:
             value = int(_CONSTRUCTOR.construct_yaml_int(node))
-            if 1 <= value <= 1000:
+            if 1 <= value <= maximum:
                 return value
-        self.error(node, path, f"expected a whole number from 1 to 1000, got {_what(node)}")
+        self.error(node, path, f"expected a whole number from 1 to {maximum}, got {_what(node)}")
         return None
 
     def flag(self, node: Node, path: str) -> bool | None:
@@ -332,7 +358,11 @@ class _Parser:
         line = node.start_mark.line + 1
         if isinstance(node, ScalarNode):
             address = self.listen_address(node, path)
-            return None if address is None else Listener(address, line=line)
+            if address is None:
+                return None
+            listener = Listener(address, line=line)
+            self.check_exposure(listener, node, path)
+            return listener
         entries = self.mapping(node, path)
         if entries is None:
             return None
@@ -354,9 +384,25 @@ class _Parser:
         if "allow" in entries:
             allow = self.read_allow(entries["allow"][1], f"{path}.allow")
             ok &= allow is not None
+        is_open = False
+        if "open" in entries:
+            is_open = bool(self.flag(entries["open"][1], f"{path}.open"))
         if address is None or not ok:
             return None
-        return Listener(address, tls, users or (), allow or (), line)
+        listener = Listener(address, tls, users or (), allow or (), line, is_open)
+        self.check_exposure(listener, node, path)
+        return listener
+
+    def check_exposure(self, listener: Listener, node: Node, path: str) -> None:
+        """A listener others can reach must say who may use it, or say open: true."""
+        if listener.loopback or listener.users or listener.allow or listener.open:
+            return
+        self.error(
+            node,
+            path,
+            f"{listener.address} is reachable from other machines and has neither auth: nor "
+            "allow:, so anyone could use it as a proxy; add one, or open: true if you mean it",
+        )
 
     def listen_address(self, node: Node, path: str) -> Address | None:
         text = self.text(node, path)
@@ -397,10 +443,18 @@ class _Parser:
         entries = self.mapping(node, path)
         if entries is None:
             return None
-        self.known(entries, ("users",), path)
-        if "users" not in entries:
-            self.error(node, path, 'missing "users"')
+        self.known(entries, ("users", "users_file"), path)
+        if "users" not in entries and "users_file" not in entries:
+            self.error(node, path, 'missing "users" or "users_file"')
             return None
+        out: list[tuple[str, str]] = []
+        if "users_file" in entries:
+            from_file = self.users_file(entries["users_file"][1], f"{path}.users_file")
+            if from_file is None:
+                return None
+            out.extend(from_file)
+            if "users" not in entries:
+                return tuple(out)
         users_node = entries["users"][1]
         users = self.mapping(users_node, f"{path}.users")
         if users is None:
@@ -408,7 +462,7 @@ class _Parser:
         if not users:
             self.error(users_node, f"{path}.users", "no users: nobody could log in")
             return None
-        out: list[tuple[str, str]] = []
+        expected = len(users) + len(out)
         for name, (key_node, value_node) in users.items():
             if not name or ":" in name:
                 self.error(key_node, f"{path}.users", f"bad user name {_q(name)}")
@@ -416,7 +470,92 @@ class _Parser:
             password = self.text(value_node, f"{path}.users.{name}")
             if password is not None:
                 out.append((name, password))
-        return tuple(out) if len(out) == len(users) else None
+        return tuple(out) if len(out) == expected else None
+
+    def users_file(self, node: Node, path: str) -> list[tuple[str, str]] | None:
+        """`name:password` per line; blank lines and `#` comments skipped."""
+        file = self.file_path(node, path)
+        if file is None:
+            return None
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self.error(node, path, f"cannot read {_q(file)}: {type(e).__name__}")
+            return None
+        users: list[tuple[str, str]] = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, password = line.partition(":")
+            if not sep or not name:
+                # never quote the line: it may hold a password
+                self.error(node, path, f"{file}:{number}: expected name:password")
+                return None
+            users.append((name, password))
+        if not users:
+            self.error(node, path, f"{file}: no users: nobody could log in")
+            return None
+        return users
+
+    def read_limits(self, node: Node) -> Limits:
+        entries = self.mapping(node, "limits") or {}
+        self.known(
+            entries,
+            ("max_connections", "client_timeout", "header_bytes", "header_fields"),
+            "limits",
+        )
+        values: dict[str, float] = {}
+        for key in ("max_connections", "header_fields"):
+            if key in entries:
+                number = self.count(entries[key][1], f"limits.{key}", maximum=1_000_000)
+                if number is not None:
+                    values[key] = number
+        if "header_bytes" in entries:
+            number = self.count(entries["header_bytes"][1], "limits.header_bytes", maximum=1 << 20)
+            if number is not None:
+                values["header_bytes"] = max(number, 1024)
+        if "client_timeout" in entries:
+            seconds = self.duration(entries["client_timeout"][1], "limits.client_timeout")
+            if seconds is not None:
+                values["client_timeout"] = seconds
+        return Limits(**values)  # type: ignore[arg-type]
+
+    def read_ports(self, node: Node, path: str) -> tuple[tuple[int, int], ...]:
+        ranges: list[tuple[int, int]] = []
+        for i, item in enumerate(self.items(node)):
+            where = f"{path}[{i}]" if isinstance(node, SequenceNode) else path
+            text = item.value if isinstance(item, ScalarNode) else ""
+            low, _, high = str(text).partition("-")
+            try:
+                lo, hi = int(low), int(high or low)
+            except ValueError:
+                lo = hi = 0
+            if not (1 <= lo <= hi <= 65535):
+                self.error(
+                    item, where, f"expected a port or a range like 8000-8999, got {_what(item)}"
+                )
+                continue
+            ranges.append((lo, hi))
+        return tuple(ranges)
+
+    def read_http(self, node: Node) -> HttpOptions:
+        entries = self.mapping(node, "http") or {}
+        self.known(entries, ("via", "x_forwarded_for"), "http")
+        via: str | None = "chainer"
+        if "via" in entries:
+            value = entries["via"][1]
+            if isinstance(value, ScalarNode) and value.tag == _BOOL:
+                via = "chainer" if self.flag(value, "http.via") else None
+            else:
+                via = self.text(value, "http.via")
+                if via is not None and not _NAME.match(via):
+                    self.error(value, "http.via", "a pseudonym is a token like chainer or gw-1")
+                    via = None
+        xff = False
+        if "x_forwarded_for" in entries:
+            xff = bool(self.flag(entries["x_forwarded_for"][1], "http.x_forwarded_for"))
+        return HttpOptions(via, xff)
 
     def read_allow(self, node: Node, path: str) -> tuple[str, ...] | None:
         items = self.items(node)
@@ -680,9 +819,12 @@ class _Parser:
             if via is REJECT and fallback:
                 self.error(fallback_node, f"{path}.fallback", "a reject route has no fallback")
                 fallback = None
+        anonymous = False
+        if "anonymous" in entries:
+            anonymous = bool(self.flag(entries["anonymous"][1], f"{path}.anonymous"))
         if patterns is None or via is None or fallback is None:
             return None
-        return Route(index, patterns, via, fallback, node.start_mark.line + 1)
+        return Route(index, patterns, via, fallback, node.start_mark.line + 1, anonymous)
 
     def patterns(self, node: Node, path: str) -> tuple[Pattern, ...] | None:
         items = self.items(node)

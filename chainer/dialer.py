@@ -195,8 +195,16 @@ class Dialer:
         self.defaults = defaults
         self.health = health or Health()
 
-    async def dial(self, route: str, vias: Sequence[Via], target: Address) -> Dialed:
-        """Reach `target` by the first of `vias` that works, within the deadline."""
+    async def dial(
+        self,
+        route: str,
+        vias: Sequence[Via],
+        target: Address,
+        screen: hops.Screen | None = None,
+    ) -> Dialed:
+        """Reach `target` by the first of `vias` that works, within the deadline.
+        `screen(ip, port)` vets each address a `direct` connection resolves to (it raises
+        Refused to forbid one)."""
         run = _Run(target, anyio.current_time(), self.defaults.deadline)
         for position, via in enumerate(vias):
             if via.kind == "reject":
@@ -205,7 +213,7 @@ class Dialer:
                 break
             try:
                 if via.kind == "direct":
-                    stream, trace = await self._direct(run)
+                    stream, trace = await self._direct(run, screen)
                 else:
                     stream, trace = await self._chain(via, run)
             except (_Exhausted, _BudgetExhausted, HopError):
@@ -215,7 +223,9 @@ class Dialer:
             return Dialed(stream, via, tuple(trace), tuple(run.attempts), tuple(run.skipped))
         raise ChainFailed(route, run.attempts, None, run.skipped)
 
-    async def _direct(self, run: _Run) -> tuple[ByteStream, list[HopTrace]]:
+    async def _direct(
+        self, run: _Run, screen: hops.Screen | None
+    ) -> tuple[ByteStream, list[HopTrace]]:
         target = run.target
         started = anyio.current_time()
         timeout = self.defaults.connect
@@ -235,7 +245,7 @@ class Dialer:
             run.overall(f"a direct connection to {target}"),
         ]
         try:
-            stream = await _bounded(limits, lambda: hops.open_tcp(target))
+            stream = await _bounded(limits, lambda: hops.open_direct(target, screen))
         except HopError:
             raise  # a limit fired (HopTimeout is an OSError too)
         except OSError as exc:

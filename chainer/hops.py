@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import ByteStream
@@ -35,9 +36,80 @@ _UNREACHABLE = {404, 502, 503}
 _READ_SIZE = 65536
 
 
+Screen = Callable[[str, int], None]  # vets one resolved address: raises to refuse it
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended connection attempt delay
+
+
 async def open_tcp(address: Address) -> ByteStream:
-    """TCP to an address; IP literals skip the happy-eyeballs machinery."""
+    """TCP to an address (a name is resolved here, with happy eyeballs)."""
     return await anyio.connect_tcp(address.host, address.port)
+
+
+async def open_direct(address: Address, screen: Screen | None) -> ByteStream:
+    """TCP to a destination for a `direct` route. A name is resolved here and every
+    address it gives is passed through `screen` (which raises to refuse one), so that
+    policy applies to where the connection really goes; the allowed addresses are raced
+    happy-eyeballs style."""
+    if screen is None or address.is_ip:
+        return await open_tcp(address)
+    infos = await anyio.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    ips = _interleave([str(info[4][0]) for info in infos])
+    allowed: list[str] = []
+    refusal: Exception | None = None
+    for ip in ips:
+        try:
+            screen(ip, address.port)
+        except Exception as exc:  # the screen's own refusal, re-raised below
+            refusal = exc
+            continue
+        allowed.append(ip)
+    if not allowed:
+        assert refusal is not None
+        raise refusal
+    return await _race(allowed, address.port)
+
+
+def _interleave(ips: list[str]) -> list[str]:
+    """Unique addresses, alternating IPv6 and IPv4 (RFC 8305), first family first."""
+    unique = list(dict.fromkeys(ips))
+    v6 = [ip for ip in unique if ":" in ip]
+    v4 = [ip for ip in unique if ":" not in ip]
+    first, second = (v6, v4) if unique and ":" in unique[0] else (v4, v6)
+    out: list[str] = []
+    for i in range(max(len(first), len(second))):
+        out += first[i : i + 1] + second[i : i + 1]
+    return out
+
+
+async def _race(ips: list[str], port: int) -> ByteStream:
+    if len(ips) == 1:
+        return await anyio.connect_tcp(ips[0], port)
+    winner: ByteStream | None = None
+    errors: list[OSError] = []
+
+    async def attempt(ip: str, failed: anyio.Event) -> None:
+        nonlocal winner
+        try:
+            stream = await anyio.connect_tcp(ip, port)
+        except OSError as exc:
+            errors.append(exc)
+            failed.set()
+            return
+        if winner is None:
+            winner = stream
+            tg.cancel_scope.cancel()
+        else:
+            await stream.aclose()
+
+    async with anyio.create_task_group() as tg:
+        for ip in ips:
+            failed = anyio.Event()
+            tg.start_soon(attempt, ip, failed)
+            with anyio.move_on_after(HAPPY_EYEBALLS_DELAY):
+                await failed.wait()
+    if winner is None:
+        raise OSError("all connection attempts failed") from (errors[-1] if errors else None)
+    return winner
 
 
 @functools.lru_cache(maxsize=64)

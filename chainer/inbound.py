@@ -23,18 +23,21 @@ from anyio.abc import ByteStream
 
 from .answers import Failure
 from .errors import BadTarget, ChainerError
-from .models import Address
+from .models import Address, Limits
 from .proto.forward import LAST_CHUNK, encode_chunk, forward_request
+from .proto.request import check_request_head, find_head_end
 from .streams import with_prefix
 from .target import normalize_host, parse_authority
 
 MAX_HEAD = 16384
+_DEFAULT_LIMITS = Limits()
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _REASONS = {
     200: "Connection established",
     400: "Bad Request",
     403: "Forbidden",
     405: "Method Not Allowed",
+    414: "URI Too Long",
     407: "Proxy Authentication Required",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
@@ -119,11 +122,15 @@ class Inbound(Protocol):
 
 
 def open_inbound(
-    kind: str, stream: ByteStream, users: Mapping[str, str], first: bytes
+    kind: str,
+    stream: ByteStream,
+    users: Mapping[str, str],
+    first: bytes,
+    limits: Limits = _DEFAULT_LIMITS,
 ) -> Inbound | None:
     """The inbound for a first byte of `kind`; None when no protocol begins that way."""
     if kind == "http":
-        inbound = HttpInbound(stream, users)
+        inbound = HttpInbound(stream, users, limits)
         inbound.feed(first)
         return inbound
     if kind in ("socks5", "socks4"):
@@ -139,12 +146,38 @@ class HttpInbound:
 
     stream: ByteStream
     users: Mapping[str, str] = field(default_factory=dict)
+    limits: Limits = _DEFAULT_LIMITS
     conn: h11.Connection = field(
         default_factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     )
+    _pending: bytes = b""
 
     def feed(self, data: bytes) -> None:
-        self.conn.receive_data(data)
+        self._pending += data
+
+    async def _read_head(self) -> None:
+        """Buffer the whole request head, check it strictly, then hand it (and whatever
+        followed it) to h11."""
+        buffer, self._pending = self._pending, b""
+        limit = self.limits.header_bytes
+        while (end := find_head_end(buffer)) < 0:
+            if len(buffer) > limit:
+                raise ClientError(431, f"request head over {limit} bytes")
+            try:
+                data = await self.stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
+            if not data:
+                if not buffer:
+                    raise ClientGone()
+                raise ClientError(400, "connection closed inside the request head")
+            buffer += data
+        if end > limit:
+            raise ClientError(431, f"request head over {limit} bytes")
+        problem = check_request_head(buffer[:end], self.limits.header_fields)
+        if problem is not None:
+            raise ClientError(*problem)
+        self.conn.receive_data(buffer)
 
     async def _next_event(self) -> Any:
         while True:
@@ -161,6 +194,7 @@ class HttpInbound:
             self.conn.receive_data(data)
 
     async def read_request(self) -> Request:
+        await self._read_head()
         event = await self._next_event()
         if isinstance(event, h11.ConnectionClosed):
             raise ClientGone()
@@ -171,6 +205,11 @@ class HttpInbound:
         if event.method == b"CONNECT":
             if target.startswith("/") or "://" in target:
                 raise ClientError(400, "CONNECT needs host:port")
+            for name, value in event.headers:
+                if name == b"transfer-encoding" or (
+                    name == b"content-length" and value.strip() != b"0"
+                ):
+                    raise ClientError(400, "CONNECT with a body")
             try:
                 address = parse_authority(target)
             except BadTarget as exc:

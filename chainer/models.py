@@ -144,6 +144,7 @@ class Route:
     via: Via
     fallback: tuple[Via, ...] = ()
     line: int = 0
+    anonymous: bool = False  # no Via / X-Forwarded-For on forwarded plain-HTTP requests
 
     def label(self) -> str:
         return f"routes[{self.index}]"
@@ -162,6 +163,35 @@ class Listener:
     users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     allow: tuple[str, ...] = ()  # CIDRs, as written
     line: int = 0
+    open: bool = False  # a non-loopback listener with neither auth nor allow, on purpose
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.address.host).is_loopback
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 4096  # above it: 503 (HTTP) or close
+    client_timeout: float = 10.0  # a client's whole request must arrive within this: 408
+    header_bytes: int = 16384  # request line + header fields: 431 above it
+    header_fields: int = 100  # more fields: 431
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Where clients may not go, whatever the routes say."""
+
+    deny: tuple[Pattern, ...] = ()
+    allow_ports: tuple[tuple[int, int], ...] = ()  # empty: every port
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """Plain-HTTP forwarding: what chainer adds to a forwarded request."""
+
+    via: str | None = "chainer"  # `Via: 1.1 <pseudonym>`; None adds nothing
+    x_forwarded_for: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +205,9 @@ class Config:
     chains: tuple[tuple[str, Via], ...]
     routes: tuple[Route, ...]
     admin: Address | None = None
+    limits: Limits = Limits()
+    policy: Policy = Policy()
+    http: HttpOptions = HttpOptions()
 
     def proxy(self, name: str) -> Proxy | None:
         for p in self.proxies:

@@ -10,6 +10,7 @@ from .config import load_config
 from .dialer import Dialed, Dialer
 from .errors import Refused
 from .health import Health
+from .hops import Screen
 from .models import Address, Config
 from .routing import Match, RouteTable
 from .target import normalize_host, parse_port
@@ -37,11 +38,13 @@ class Router:
             raise Refused(f"no route matches {target}")
         return match
 
-    async def open(self, target: Address) -> tuple[Match, Dialed]:
-        """Route `target` and build its chain (fallbacks included)."""
+    async def open(self, target: Address, screen: Screen | None = None) -> tuple[Match, Dialed]:
+        """Route `target` and build its chain (fallbacks included). `screen(ip, port)`
+        vets the addresses a `direct` route resolves the name to."""
         match = self.route(target)
         route = match.route
-        dialed = await self.dialer.dial(route.label(), (route.via, *route.fallback), target)
+        vias = (route.via, *route.fallback)
+        dialed = await self.dialer.dial(route.label(), vias, target, screen)
         return match, dialed
 
     async def connect(self, host: str, port: int | str) -> ByteStream:

@@ -36,14 +36,13 @@ from .inbound import (
 )
 from .logs import ConnRecord, conn_id
 from .metrics import Metrics
-from .models import Address, Config, Listener, Proxy
+from .models import Address, Config, HttpOptions, Listener, Proxy, Route
+from .policy import Guard
 from .relay import relay
 from .router import Router
 from .streams import PrefixedStream
 
 log = logging.getLogger("chainer")
-
-CLIENT_HANDSHAKE_TIMEOUT = 10.0
 
 
 def _server_tls_context(listener: Listener) -> ssl.SSLContext | None:
@@ -69,6 +68,7 @@ class Server:
         self._stopping = anyio.Event()
         self._drained = anyio.Event()
         self.stopped = anyio.Event()  # set once serve() has returned
+        self.bound: list[tuple[str, int]] = []  # every listening (host, port)
 
     def reload(self, config: Config) -> None:
         """New connections use `config`; live ones keep what they had. Health is kept for
@@ -118,22 +118,33 @@ class Server:
         task_status: TaskStatus[list[tuple[str, int]]],
     ) -> None:
         listeners = listeners if listeners is not None else self.router.config.listeners
-        bound: list[tuple[str, int]] = []
+        sockets: list[tuple[Listener, SocketListener]] = []
+        try:
+            for listener in listeners:
+                tcp = await anyio.create_tcp_listener(
+                    local_host=listener.address.host, local_port=listener.address.port
+                )
+                for one in tcp.listeners:
+                    assert isinstance(one, SocketListener)
+                    sockets.append((listener, one))
+                    sockname = one.extra(SocketAttribute.local_address)
+                    assert isinstance(sockname, tuple)
+                    self.bound.append((str(sockname[0]), int(sockname[1])))
+                    log.info("listening on %s", Address(str(sockname[0]), int(sockname[1])))
+                if listener.open and not listener.loopback:
+                    log.warning(
+                        "%s is open: anyone who can reach it may use it as a proxy",
+                        listener.address,
+                    )
+        except BaseException:
+            for _, one in sockets:
+                await anyio.aclose_forcefully(one)
+            raise
         async with anyio.create_task_group() as connections:
             async with anyio.create_task_group() as accepting:
-                for listener in listeners:
-                    tcp = await anyio.create_tcp_listener(
-                        local_host=listener.address.host, local_port=listener.address.port
-                    )
-                    sockname = tcp.extra(SocketAttribute.local_address)
-                    assert isinstance(sockname, tuple)
-                    host, port = str(sockname[0]), int(sockname[1])
-                    bound.append((host, port))
-                    log.info("listening on %s", Address(host, port))
-                    for one in tcp.listeners:
-                        assert isinstance(one, SocketListener)
-                        accepting.start_soon(self._accept, one, listener, connections)
-                task_status.started(bound)
+                for listener, one in sockets:
+                    accepting.start_soon(self._accept, one, listener, connections)
+                task_status.started(list(self.bound))
                 await self._stopping.wait()
                 accepting.cancel_scope.cancel()
             log.info("stopped accepting; %d connections open", self.active)
@@ -157,6 +168,9 @@ class Server:
                     # EMFILE and friends: back off instead of spinning or dying.
                     log.warning("accept failed: %s; retrying in 100ms", exc)
                     await anyio.sleep(0.1)
+                    continue
+                if self.active >= self.router.config.limits.max_connections:
+                    connections.start_soon(_turn_away, client)
                     continue
                 self.active += 1
                 self._drained = anyio.Event() if self.active == 1 else self._drained
@@ -201,7 +215,8 @@ class Server:
         self, conn: ConnRecord, stream: ByteStream, listener: Listener, tls: ssl.SSLContext | None
     ) -> None:
         inbound: Inbound | None = None
-        with anyio.move_on_after(CLIENT_HANDSHAKE_TIMEOUT) as scope:
+        limits = self.router.config.limits
+        with anyio.move_on_after(limits.client_timeout) as scope:
             first = await _receive_some(stream)
             kind = first_byte_kind(first[0])
             if kind == "tls" and tls is not None:
@@ -210,7 +225,7 @@ class Server:
                 )
                 first = await _receive_some(stream)
                 kind = first_byte_kind(first[0])
-            inbound = open_inbound(kind, stream, dict(listener.users), first)
+            inbound = open_inbound(kind, stream, dict(listener.users), first, limits)
             if inbound is None:
                 conn.outcome = "bad_request"
                 conn.error = f"{kind} where a request should begin: {first[:8]!r}"
@@ -229,11 +244,16 @@ class Server:
             return
         assert inbound is not None
         conn.target = request.target
-        await self._serve_request(conn, inbound, request)
+        await self._serve_request(conn, inbound, request, listener)
 
-    async def _serve_request(self, conn: ConnRecord, inbound: Inbound, request: Request) -> None:
+    async def _serve_request(
+        self, conn: ConnRecord, inbound: Inbound, request: Request, listener: Listener
+    ) -> None:
+        router = self.router
+        guard = Guard.for_listener(router.config.policy, listener, self.bound)
         try:
-            match, dialed = await self.router.open(request.target)
+            guard.check(request.target)
+            match, dialed = await router.open(request.target, guard.check_address)
         except (Refused, ChainFailed) as exc:
             for attempt in getattr(exc, "attempts", ()):
                 self.metrics.hop_failure(attempt)
@@ -251,28 +271,35 @@ class Server:
             self.metrics.hop_setup(hop.name, hop.seconds)
         self.metrics.active.inc()
         try:
-            await self._relay(conn, inbound, request, dialed)
+            await self._relay(conn, inbound, request, dialed, router, match.route)
         finally:
             self.metrics.active.dec()
 
     async def _relay(
-        self, conn: ConnRecord, inbound: Inbound, request: Request, dialed: Dialed
+        self,
+        conn: ConnRecord,
+        inbound: Inbound,
+        request: Request,
+        dialed: Dialed,
+        router: Router,
+        route: Route,
     ) -> None:
-        idle = self.router.config.defaults.idle
+        idle = router.config.defaults.idle
         async with dialed.stream:
             if request.kind == "connect":
                 client = await inbound.established()
                 result = await relay(client, dialed.stream, idle)
             else:
                 assert isinstance(inbound, HttpInbound)
-                await dialed.stream.send(request.head)
+                head = _forwarded_head(request.head, router.config.http, route, conn)
+                await dialed.stream.send(head)
                 result = await relay(
                     inbound.body_stream(request.chunked),
                     dialed.stream,
                     idle,
                     end_with_upstream=True,
                 )
-                result.up += len(request.head)
+                result.up += len(head)
         conn.up, conn.down = result.up, result.down
         if result.idle_closed:
             conn.outcome = "idle_timeout"
@@ -293,3 +320,21 @@ __all__ = ["Server"]
 
 def _same_proxy(old: Proxy, new: Proxy | None) -> bool:
     return new is not None and dataclasses.replace(old, line=0) == dataclasses.replace(new, line=0)
+
+
+async def _turn_away(client: SocketStream) -> None:
+    """Over max_connections: say so (in HTTP, the likeliest protocol) and close."""
+    async with client:
+        await send_quietly(client, error_response(503, "too many connections; try again later"))
+
+
+def _forwarded_head(head: bytes, options: HttpOptions, route: Route, conn: ConnRecord) -> bytes:
+    """The forwarded request head with what this proxy adds: Via (unless the route is
+    anonymous or Via is off) and X-Forwarded-For (only when configured)."""
+    extra = b""
+    if options.via and not route.anonymous:
+        extra += f"Via: 1.1 {options.via}\r\n".encode()
+    if options.x_forwarded_for and not route.anonymous:
+        client_ip = conn.client.rpartition(":")[0].strip("[]")
+        extra += f"X-Forwarded-For: {client_ip}\r\n".encode()
+    return head[:-2] + extra + b"\r\n" if extra else head

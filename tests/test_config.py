@@ -611,8 +611,8 @@ def test_ipv6_listen_and_proxy_addresses(base: str) -> None:
 
 
 def test_single_listener_without_a_list() -> None:
-    config = parse("listen: 0.0.0.0:3128\n" + MINIMAL)
-    assert [ln.address for ln in config.listeners] == [Address("0.0.0.0", 3128)]
+    config = parse("listen: 127.0.0.2:3128\n" + MINIMAL)
+    assert [ln.address for ln in config.listeners] == [Address("127.0.0.2", 3128)]
 
 
 def test_port_zero_lets_the_kernel_choose() -> None:
@@ -792,3 +792,68 @@ def test_bad_breaker_settings_are_located() -> None:
     assert got[0].startswith("routes.yaml:1: defaults.max_fails: expected a whole number")
     assert got[1].startswith("routes.yaml:3: proxies.a.max_fails: expected a whole number")
     assert got[2].startswith("routes.yaml:3: proxies.a.fail_timeout: ")
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8080", "'[::]:8080'", "192.0.2.10:3128"])
+def test_a_listener_others_can_reach_must_not_be_open_by_accident(address: str) -> None:
+    got = errors(f"listen: [{address}]\n" + MINIMAL)
+    assert len(got) == 1
+    assert got[0].startswith("routes.yaml:1: listen[0]: ")
+    assert "neither auth: nor allow:" in got[0]
+    for ok in (
+        f"listen:\n  - {{address: {address}, open: true}}\n",
+        f"listen:\n  - {{address: {address}, allow: [10.0.0.0/8]}}\n",
+        f"listen:\n  - {{address: {address}, auth: {{users: {{a: b}}}}}}\n",
+    ):
+        assert str(parse(ok + MINIMAL).listeners[0].address) == address.strip("'")
+
+
+def test_users_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "users.txt").write_text("# operators\nalice:s3cret\n\nbob:pa:ss\n")
+    config = parse(
+        "listen:\n  - {address: 0.0.0.0:8080, auth: {users_file: users.txt}}\n" + MINIMAL,
+        str(tmp_path),
+    )
+    assert dict(config.listeners[0].users) == {"alice": "s3cret", "bob": "pa:ss"}
+    assert "s3cret" not in repr(config)
+    (tmp_path / "bad.txt").write_text("alice-without-password-secret\n")
+    got = errors(
+        "listen:\n  - {address: 0.0.0.0:8080, auth: {users_file: bad.txt}}\n" + MINIMAL,
+        str(tmp_path),
+    )
+    assert got[0].endswith("bad.txt:1: expected name:password")
+    assert "secret" not in got[0].replace("bad.txt", "")
+
+
+def test_limits_policy_and_http_options() -> None:
+    config = parse(
+        "limits: {max_connections: 50, client_timeout: 2s, header_bytes: 8192, header_fields: 40}\n"
+        "deny: ['*.internal.example', '10.0.0.0/8', '*:25']\n"
+        "allow_ports: [80, 443, '8000-8999']\n"
+        "http: {via: gw-1, x_forwarded_for: true}\n"
+        "routes:\n  - {match: '*', via: direct, anonymous: true}\n"
+    )
+    assert (config.limits.max_connections, config.limits.client_timeout) == (50, 2.0)
+    assert (config.limits.header_bytes, config.limits.header_fields) == (8192, 40)
+    assert [p.text for p in config.policy.deny] == ["*.internal.example", "10.0.0.0/8", "*:25"]
+    assert config.policy.allow_ports == ((80, 80), (443, 443), (8000, 8999))
+    assert (config.http.via, config.http.x_forwarded_for) == ("gw-1", True)
+    assert config.routes[0].anonymous
+    assert parse("http: {via: false}\n" + MINIMAL).http.via is None
+
+
+def test_bad_policy_values_are_located() -> None:
+    got = errors(
+        "limits: {max_connections: 0, client_timeout: never}\n"
+        "deny: ['re:[']\n"
+        "allow_ports: [0, '9-1', http]\n"
+        "http: {via: 'two words'}\n" + MINIMAL
+    )
+    text = "\n".join(got)
+    assert "routes.yaml:1: limits.max_connections: " in text
+    assert "routes.yaml:1: limits.client_timeout: " in text
+    assert "routes.yaml:2: deny[0]: " in text
+    assert "routes.yaml:3: allow_ports[0]: " in text
+    assert "routes.yaml:3: allow_ports[1]: " in text
+    assert "routes.yaml:3: allow_ports[2]: " in text
+    assert "routes.yaml:4: http.via: " in text

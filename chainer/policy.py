@@ -1,0 +1,91 @@
+"""Where clients may not go, whatever the routes say.
+
+Checked before routing, on the destination as the client wrote it:
+  - `deny:` patterns (the same patterns as `match`) and `allow_ports:`;
+  - chainer's own listeners (a request to ourselves would loop);
+  - on a listener that other machines can reach, loopback, unspecified and link-local
+    (cloud metadata) addresses and `localhost` names: a proxy exposed on a network must
+    not become a door into the machine it runs on.
+For `direct` routes the same address rules are applied again to every address the name
+resolves to, so a name that resolves to 127.0.0.1 (or is rebound to it) is refused too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import Refused
+from .models import Address, Listener, Policy
+from .routing import pattern_matches
+
+_PROTECTED = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "0.0.0.0/8",
+        "169.254.0.0/16",
+        "::1/128",
+        "::/128",
+        "fe80::/10",
+        "::ffff:127.0.0.0/104",
+        "::ffff:169.254.0.0/112",
+        "fd00:ec2::254/128",
+    )
+)
+
+
+def _protected(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return any(ip in net for net in _PROTECTED if net.version == ip.version)
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The policy as it applies to connections arriving on one listener."""
+
+    policy: Policy
+    own: tuple[tuple[str, int], ...]  # every bound listener (host, port)
+    exposed: bool  # the listener is reachable from other machines
+
+    @classmethod
+    def for_listener(
+        cls, policy: Policy, listener: Listener, bound: Sequence[tuple[str, int]]
+    ) -> Guard:
+        return cls(policy, tuple(bound), not listener.loopback)
+
+    def check(self, target: Address) -> None:
+        """Raise Refused when `target`, as written, may not be reached."""
+        for pattern in self.policy.deny:
+            if pattern_matches(pattern, target):
+                raise Refused(f"{target} is denied by deny: {pattern.text!r}")
+        ports = self.policy.allow_ports
+        if ports and not any(lo <= target.port <= hi for lo, hi in ports):
+            raise Refused(f"port {target.port} is not in allow_ports")
+        if target.is_ip:
+            self.check_address(target.host, target.port)
+        elif self.exposed and (target.host == "localhost" or target.host.endswith(".localhost")):
+            raise Refused(f"{target.host} is this machine: not reachable from outside")
+
+    def check_address(self, host: str, port: int) -> None:
+        """Raise Refused when connecting to IP `host`:`port` is not allowed (used again
+        on every address a `direct` name resolves to)."""
+        ip = ipaddress.ip_address(host)
+        if self._is_own(ip, port):
+            raise Refused(f"{Address(host, port)} is chainer itself: refusing a loop")
+        if self.exposed and _protected(ip):
+            raise Refused(f"{host} is a loopback or link-local address: not reachable from outside")
+        for pattern in self.policy.deny:
+            if pattern.kind == "cidr" and pattern_matches(pattern, Address(str(ip), port)):
+                raise Refused(f"{host} is denied by deny: {pattern.text!r}")
+
+    def _is_own(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+        for host, own_port in self.own:
+            if own_port != port:
+                continue
+            bound = ipaddress.ip_address(host)
+            if bound == ip:
+                return True
+            if bound.is_unspecified and (ip.is_loopback or ip.is_unspecified):
+                return True
+        return False

@@ -48,6 +48,7 @@ def test_privacy_example_never_goes_direct(tmp_path: Path) -> None:
     assert all(via.kind != "direct" for via in vias)
     match = RouteTable(config.routes).match(Address("example.com", 443))
     assert match is not None
+    assert match.route.anonymous  # no Via, no X-Forwarded-For
     exits = match.route.via.hops[-1]
     assert exits.strategy == "random"
     assert all(p.scheme == "socks5h" for g in match.route.via.hops for p in g.candidates)

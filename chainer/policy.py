@@ -13,6 +13,7 @@ resolves to, so a name that resolves to 127.0.0.1 (or is rebound to it) is refus
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,8 +37,31 @@ _PROTECTED = tuple(
 )
 
 
-def _protected(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _plain(ip: IP) -> IP:
+    """An IPv4-mapped IPv6 address (::ffff:127.0.0.1) is the IPv4 address it maps."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _protected(ip: IP) -> bool:
     return any(ip in net for net in _PROTECTED if net.version == ip.version)
+
+
+def _is_local(ip: IP) -> bool:
+    """Is `ip` an address of this machine? (Binding to it succeeds only if it is.)"""
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +94,22 @@ class Guard:
     def check_address(self, host: str, port: int) -> None:
         """Raise Refused when connecting to IP `host`:`port` is not allowed (used again
         on every address a `direct` name resolves to)."""
-        ip = ipaddress.ip_address(host)
+        ip = _plain(ipaddress.ip_address(host))
         if self._is_own(ip, port):
             raise Refused(f"{Address(host, port)} is chainer itself: refusing a loop")
         if self.exposed and _protected(ip):
-            raise Refused(f"{host} is a loopback or link-local address: not reachable from outside")
+            raise Refused(f"{host} is this machine or link-local: not reachable from outside")
         for pattern in self.policy.deny:
             if pattern.kind == "cidr" and pattern_matches(pattern, Address(str(ip), port)):
                 raise Refused(f"{host} is denied by deny: {pattern.text!r}")
 
-    def _is_own(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    def _is_own(self, ip: IP, port: int) -> bool:
         for host, own_port in self.own:
             if own_port != port:
                 continue
-            bound = ipaddress.ip_address(host)
-            if bound == ip:
-                return True
-            if bound.is_unspecified and (ip.is_loopback or ip.is_unspecified):
-                return True
+            bound = _plain(ipaddress.ip_address(host))
+            if bound == ip or (ip.is_unspecified and bound.version == ip.version):
+                return True  # connecting to 0.0.0.0 reaches this machine
+            if bound.is_unspecified and _is_local(ip):
+                return True  # a wildcard listener answers on every local address
         return False

@@ -1,24 +1,35 @@
 """Moves bytes both ways between a client and the chain built for it.
 
-How this works: one task per direction reads up to 256 KiB and writes it on, with no
-cancel scope per chunk. End of stream in one direction is passed on as a half-close
-(`send_eof`) where the other side can carry one. A TLS leg cannot: the other direction
-then goes on only while bytes keep moving (LINGER), because the far side may itself be
-waiting for an end of stream that cannot reach it. An error in either direction ends
-both. Idleness is watched by a third task that samples the byte counters every quarter
-of `idle` seconds and ends the relay once they have not moved for four samples in a
-row, so an idle tunnel is closed between `idle` and 1.25 x `idle` after its last byte.
+How this works. Two paths with the same semantics:
+  - the fast path (splice.py), when both legs are plain TCP sockets on Linux: the kernel
+    moves the bytes socket -> pipe -> socket, Python only waits for readiness;
+  - the generic path, for everything else (a TLS leg, the plain-HTTP forwarding adapter):
+    one task per direction reads up to 256 KiB and writes it on, with no cancel scope
+    per chunk, so a client that stops reading stalls its direction (backpressure).
+End of stream in one direction is passed on as a half-close where the other side can
+carry one. A TLS leg cannot: the other direction then goes on only while bytes keep
+moving (LINGER), because the far side may itself be waiting for an end of stream that
+cannot reach it. An error in either direction ends both. Idleness is watched by a
+third task that samples the byte counters every quarter of `idle` seconds and ends the
+relay once they have not moved for four samples in a row, so an idle tunnel is closed
+between `idle` and 1.25 x `idle` after its last byte.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 from anyio.abc import ByteStream
 
+from . import splice
+
 CHUNK = 262144
 LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
+# CHAINER_RELAY=generic turns the fast path off (for comparisons and tests).
+FAST_PATH = splice.AVAILABLE and os.environ.get("CHAINER_RELAY", "") != "generic"
 
 
 @dataclass(slots=True)
@@ -27,6 +38,7 @@ class RelayResult:
     down: int = 0  # upstream -> client
     idle_closed: bool = False
     error: str | None = None
+    spliced: bool = False  # the fast path carried it
 
 
 async def relay(
@@ -34,66 +46,111 @@ async def relay(
 ) -> RelayResult:
     """Relay until both directions have ended (or, with end_with_upstream, until the
     upstream has finished: a forwarded plain-HTTP exchange ends with the origin's answer)."""
+    if (
+        FAST_PATH
+        and not end_with_upstream
+        and splice.can_detach(client)
+        and splice.can_detach(upstream)
+    ):
+        return await _spliced(splice.detach(client), splice.detach(upstream), idle)
+    return await _generic(client, upstream, idle, end_with_upstream)
+
+
+async def _generic(
+    client: ByteStream, upstream: ByteStream, idle: float, end_with_upstream: bool
+) -> RelayResult:
+    count = [0, 0]
+
+    async def direction(src: ByteStream, dst: ByteStream, index: int, linger: Linger) -> None:
+        while True:
+            try:
+                data = await src.receive(CHUNK)
+            except anyio.EndOfStream:
+                break
+            count[index] += len(data)
+            await dst.send(data)
+        try:
+            await dst.send_eof()
+        except NotImplementedError:
+            # A TLS leg cannot half-close. Waiting for the other direction to end could
+            # wait forever (the peer may be waiting for our EOF in turn), so it may go
+            # on only while it keeps moving.
+            linger()
+
+    return await _run(
+        lambda linger: direction(client, upstream, 0, linger),
+        lambda linger: direction(upstream, client, 1, linger),
+        count,
+        idle,
+        end_with_upstream,
+    )
+
+
+async def _spliced(client: splice.Leg, upstream: splice.Leg, idle: float) -> RelayResult:
+    count = [0, 0]
+    try:
+        result = await _run(
+            lambda _linger: splice.pump(client, upstream, count, 0),
+            lambda _linger: splice.pump(upstream, client, count, 1),
+            count,
+            idle,
+            False,
+        )
+    finally:
+        client.sock.close()
+        upstream.sock.close()
+    result.spliced = True
+    return result
+
+
+Linger = Callable[[], None]
+
+
+async def _run(
+    up: Callable[[Linger], Awaitable[None]],
+    down: Callable[[Linger], Awaitable[None]],
+    count: list[int],
+    idle: float,
+    end_with_upstream: bool,
+) -> RelayResult:
     result = RelayResult()
     open_directions = 2
 
-    async def pump(src: ByteStream, dst: ByteStream, upward: bool) -> None:
+    async def run(direction: Callable[[Linger], Awaitable[None]], upward: bool) -> None:
         nonlocal open_directions
         try:
-            while True:
-                try:
-                    data = await src.receive(CHUNK)
-                except anyio.EndOfStream:
-                    break
-                if upward:
-                    result.up += len(data)
-                else:
-                    result.down += len(data)
-                await dst.send(data)
-            try:
-                await dst.send_eof()
-            except NotImplementedError:
-                # A TLS leg cannot half-close. Waiting for the other direction to end
-                # could wait forever (the peer may be waiting for our EOF in turn), so it
-                # may go on only while it keeps moving.
-                tg.start_soon(linger)
+            await direction(linger)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if result.error is None:
-                result.error = f"{'client' if src is client else 'upstream'}: {_why(exc)}"
+                result.error = f"{'client' if upward else 'upstream'}: {_why(exc)}"
             tg.cancel_scope.cancel()
             return
         open_directions -= 1
         if open_directions == 0 or (end_with_upstream and not upward):
             tg.cancel_scope.cancel()
 
-    async def linger() -> None:
-        last = (-1, -1)
-        while True:
-            await anyio.sleep(LINGER)
-            now = (result.up, result.down)
-            if now == last:
-                tg.cancel_scope.cancel()
-                return
-            last = now
+    def linger() -> None:
+        tg.start_soon(watch, LINGER, 1, False)
 
-    async def watch_idle() -> None:
-        step = idle / 4
+    async def watch(step: float, still_limit: int, is_idle: bool) -> None:
+        """End the relay once the counters stood still for still_limit samples."""
         last = (-1, -1)
         still = 0
         while True:
             await anyio.sleep(step)
-            now = (result.up, result.down)
+            now = (count[0], count[1])
             still = still + 1 if now == last else 0
             last = now
-            if still >= 4:
-                result.idle_closed = True
+            if still >= still_limit:
+                result.idle_closed = is_idle
                 tg.cancel_scope.cancel()
                 return
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pump, client, upstream, True)
-        tg.start_soon(pump, upstream, client, False)
-        tg.start_soon(watch_idle)
+        tg.start_soon(run, up, True)
+        tg.start_soon(run, down, False)
+        tg.start_soon(watch, idle / 4, 4, True)
+    result.up, result.down = count
     return result
 
 

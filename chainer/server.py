@@ -183,7 +183,8 @@ class Server:
         tls: ssl.SSLContext | None,
         allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
     ) -> None:
-        peer = client.extra(SocketAttribute.remote_address)
+        # A client that reset before we got here has no peer address any more.
+        peer = client.extra(SocketAttribute.remote_address, ("0.0.0.0", 0))
         peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         peer_port = int(peer[1]) if isinstance(peer, tuple) else 0
         conn = ConnRecord(next(self._ids), str(Address(peer_host, peer_port)))

@@ -160,15 +160,22 @@ class Server:
     ) -> None:
         tls = _server_tls_context(listener)
         allow = tuple(ipaddress.ip_network(c, strict=False) for c in listener.allow)
+        failing = False
         async with tcp:
             while True:
                 try:
                     client = await tcp.accept()
                 except OSError as exc:
-                    # EMFILE and friends: back off instead of spinning or dying.
-                    log.warning("accept failed: %s; retrying in 100ms", exc)
+                    # EMFILE and friends: back off instead of spinning or dying, and say
+                    # so once per episode rather than ten times a second.
+                    if not failing:
+                        log.warning("accept failed: %s; retrying every 100ms", exc)
+                    failing = True
                     await anyio.sleep(0.1)
                     continue
+                if failing:
+                    log.info("accepting again")
+                    failing = False
                 if self.active >= self.router.config.limits.max_connections:
                     connections.start_soon(_turn_away, client)
                     continue

@@ -273,3 +273,50 @@ def test_reload_keeps_health_of_unchanged_hops_only(tmp_path: Path) -> None:
     assert health.state("", new["a"]) == "open"  # unchanged: its circuit stays open
     assert health.state("", new["b"]) == "closed"  # changed: starts afresh
     assert server.metrics.reloads.labels("ok")._value.get() == 1
+
+
+def test_running_out_of_file_descriptors_backs_off_instead_of_dying(
+    tmp_path: Path, echo: EchoServer
+) -> None:
+    """With RLIMIT_NOFILE at 64, 80 idle clients exhaust chainer's descriptors; accept()
+    fails with EMFILE; chainer must log, back off, and serve again once they leave."""
+    import resource
+
+    port = free_port()
+    config = tmp_path / "routes.yaml"
+    config.write_text(table(port, "  - {match: '*', via: direct}\n"))
+    log = tmp_path / "chainer.log"
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.Popen(
+        [*chainer_cmd(), "serve", "-c", str(config), "--log-file", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=low_limit,
+    )
+    held: list[socket.socket] = []
+    try:
+        assert wait_port("127.0.0.1", port, 15)
+        for _ in range(80):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        deadline = time.monotonic() + 5
+        while "accept failed" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "accept failed" in log.read_text()
+        assert proc.poll() is None
+        for s in held:
+            s.close()
+        held.clear()
+        time.sleep(0.5)
+        s, head = tunnel(port, echo.port)
+        s.sendall(b"alive")
+        assert s.recv(100) == b"alive"
+        s.close()
+        assert head.startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)

@@ -1,0 +1,53 @@
+"""The benchmark runs end to end (`bench/run.py --smoke`): a smoke test, not a performance
+assertion. It starts chainer, socat (when installed), a backend and a load generator on
+loopback, and must exit 0 and write JSON with every section."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_runs_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Targets (issue 7)" in done.stdout
+
+    result = json.loads(out.read_text())
+    assert {"meta", "throughput", "setups", "hop_cost", "idle_memory", "table", "targets"} <= set(
+        result
+    )
+    assert result["meta"]["mode"] == "smoke"
+
+    expected = {"chainer-0hop", "no-proxy"} | ({"socat"} if shutil.which("socat") else set())
+    throughput = result["throughput"]
+    assert set(throughput["summary"]) == expected
+    for sample in throughput["rounds"][0]["samples"].values():
+        assert sample["mib_s"] > 0, sample
+    if "socat" in expected:
+        assert throughput["summary"]["socat"]["ratio"] == 1.0
+
+    per_s = result["setups"]["summary"]["per_s"]
+    assert per_s["chainer-0hop@c1"]["median"] > 0
+    assert per_s["chainer-0hop@c50"]["median"] > 0
+
+    memory = result["idle_memory"]["summary"]["chainer-0hop"]
+    assert memory["steps"], memory
+    for step in memory["steps"].values():
+        assert step["held"] > 0
+
+    assert {row["metric"] for row in result["table"]} >= {"1-stream MiB/s", "set-ups/s @50"}
+    assert {t["target"] for t in result["targets"]} >= {"set-up cost per hop"}

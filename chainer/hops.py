@@ -8,15 +8,13 @@ ssl.SSLError) pass through for the dialer to translate once.
 
 from __future__ import annotations
 
-import errno
 import functools
-import os
 import socket
 import ssl
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import ByteStream, SocketStream
+from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
 from .errors import HopAnswer, HopClosed, HopProtocolError
@@ -31,6 +29,7 @@ from .proto.http import (
     connect_request,
 )
 from .proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, Socks5Client
+from .sockstream import connect_ip
 from .streams import with_prefix
 
 _DENIED = {401, 403, 407}
@@ -43,30 +42,12 @@ HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended connection attempt delay
 
 
 async def open_tcp(address: Address) -> ByteStream:
-    """TCP to an address (a name is resolved here, with happy eyeballs)."""
+    """TCP to an address; a name is resolved here and its addresses raced (happy
+    eyeballs, RFC 8305)."""
     if address.is_ip:
-        return await _connect_ip(address.host, address.port)
-    return await anyio.connect_tcp(address.host, address.port)
-
-
-async def _connect_ip(host: str, port: int) -> ByteStream:
-    """One non-blocking connect to an IP literal: none of the task group, event and
-    cancel scope that a happy-eyeballs race costs (set-up rate is measured per tunnel)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = sock.connect_ex((host, port))
-        if err == errno.EINPROGRESS:
-            await anyio.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
-        return await SocketStream.from_socket(sock)
-    except BaseException:
-        sock.close()
-        raise
+        return await connect_ip(address.host, address.port)
+    infos = await anyio.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    return await _race(_interleave([str(info[4][0]) for info in infos]), address.port)
 
 
 async def open_direct(address: Address, screen: Screen | None) -> ByteStream:
@@ -107,14 +88,14 @@ def _interleave(ips: list[str]) -> list[str]:
 
 async def _race(ips: list[str], port: int) -> ByteStream:
     if len(ips) == 1:
-        return await _connect_ip(ips[0], port)
+        return await connect_ip(ips[0], port)
     winner: ByteStream | None = None
     errors: list[OSError] = []
 
     async def attempt(ip: str, failed: anyio.Event) -> None:
         nonlocal winner
         try:
-            stream = await _connect_ip(ip, port)
+            stream = await connect_ip(ip, port)
         except OSError as exc:
             errors.append(exc)
             failed.set()

@@ -6,20 +6,19 @@ import dataclasses
 import ipaddress
 import itertools
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 
 import anyio
 from anyio.abc import (
     ByteStream,
-    SocketAttribute,
-    SocketListener,
-    SocketStream,
     TaskGroup,
     TaskStatus,
 )
 from anyio.streams.tls import TLSStream
 
+from . import sockstream
 from .answers import failure_for
 from .dialer import Dialed
 from .errors import ChainFailed, Refused, describe_attempts
@@ -40,6 +39,7 @@ from .models import Address, Config, HttpOptions, Listener, Proxy, Route
 from .policy import Guard
 from .relay import relay
 from .router import Router
+from .sockstream import SockStream
 from .streams import PrefixedStream
 
 log = logging.getLogger("chainer")
@@ -118,19 +118,14 @@ class Server:
         task_status: TaskStatus[list[tuple[str, int]]],
     ) -> None:
         listeners = listeners if listeners is not None else self.router.config.listeners
-        sockets: list[tuple[Listener, SocketListener]] = []
+        sockets: list[tuple[Listener, socket.socket]] = []
         try:
             for listener in listeners:
-                tcp = await anyio.create_tcp_listener(
-                    local_host=listener.address.host, local_port=listener.address.port
-                )
-                for one in tcp.listeners:
-                    assert isinstance(one, SocketListener)
-                    sockets.append((listener, one))
-                    sockname = one.extra(SocketAttribute.local_address)
-                    assert isinstance(sockname, tuple)
-                    self.bound.append((str(sockname[0]), int(sockname[1])))
-                    log.info("listening on %s", Address(str(sockname[0]), int(sockname[1])))
+                one = sockstream.listen(listener.address.host, listener.address.port)
+                sockets.append((listener, one))
+                host, port = one.getsockname()[:2]
+                self.bound.append((str(host), int(port)))
+                log.info("listening on %s", Address(str(host), int(port)))
                 if listener.open and not listener.loopback:
                     log.warning(
                         "%s is open: anyone who can reach it may use it as a proxy",
@@ -138,7 +133,7 @@ class Server:
                     )
         except BaseException:
             for _, one in sockets:
-                await anyio.aclose_forcefully(one)
+                one.close()
             raise
         async with anyio.create_task_group() as connections:
             async with anyio.create_task_group() as accepting:
@@ -155,16 +150,14 @@ class Server:
                     log.info("grace period over: closing %d connections", self.active)
             connections.cancel_scope.cancel()
 
-    async def _accept(
-        self, tcp: SocketListener, listener: Listener, connections: TaskGroup
-    ) -> None:
+    async def _accept(self, tcp: socket.socket, listener: Listener, connections: TaskGroup) -> None:
         tls = _server_tls_context(listener)
         allow = tuple(ipaddress.ip_network(c, strict=False) for c in listener.allow)
         failing = False
-        async with tcp:
+        with tcp:
             while True:
                 try:
-                    client = await tcp.accept()
+                    client = await sockstream.accept(tcp)
                 except OSError as exc:
                     # EMFILE and friends: back off instead of spinning or dying, and say
                     # so once per episode rather than ten times a second.
@@ -185,13 +178,16 @@ class Server:
 
     async def _handle(
         self,
-        client: SocketStream,
+        client: SockStream,
         listener: Listener,
         tls: ssl.SSLContext | None,
         allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
     ) -> None:
         # A client that reset before we got here has no peer address any more.
-        peer = client.extra(SocketAttribute.remote_address, ("0.0.0.0", 0))
+        try:
+            peer = client.sock.getpeername()
+        except OSError:
+            peer = ("0.0.0.0", 0)
         peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         peer_port = int(peer[1]) if isinstance(peer, tuple) else 0
         conn = ConnRecord(next(self._ids), str(Address(peer_host, peer_port)))
@@ -330,7 +326,7 @@ def _same_proxy(old: Proxy, new: Proxy | None) -> bool:
     return new is not None and dataclasses.replace(old, line=0) == dataclasses.replace(new, line=0)
 
 
-async def _turn_away(client: SocketStream) -> None:
+async def _turn_away(client: SockStream) -> None:
     """Over max_connections: say so (in HTTP, the likeliest protocol) and close."""
     async with client:
         await send_quietly(client, error_response(503, "too many connections; try again later"))

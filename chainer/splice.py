@@ -2,10 +2,9 @@
 
 How this works. When both legs of a tunnel are plain TCP sockets (no TLS inside chainer),
 the bytes need not pass through Python at all: each direction moves data socket -> pipe
--> socket in the kernel. The anyio streams are taken apart first: whatever a handshake
-left buffered (a PrefixedStream's prefix, bytes the event loop already read) is written
-out ahead of the spliced data, the socket is duplicated, and the stream's transport is
-let go of without shutting the connection down. Each direction then:
+-> socket in the kernel. The streams are taken apart first: whatever a handshake left
+buffered (a PrefixedStream's prefix) is written out ahead of the spliced data, and the
+socket is taken from its SockStream. Each direction then:
 
   - splices up to PIPE_SIZE bytes from the source socket into its pipe, trying the
     syscall first and waiting for readiness only on EAGAIN;
@@ -27,8 +26,9 @@ import sys
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute
+from anyio.abc import ByteStream
 
+from .sockstream import SockStream
 from .streams import PrefixedStream
 
 AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
@@ -47,23 +47,15 @@ class Leg:
     at_eof: bool  # the peer had already finished sending
 
 
-def _unwrap(stream: ByteStream) -> tuple[ByteStream, bytes] | None:
-    """The anyio socket stream under any PrefixedStream layers, and their prefixes;
-    None if there is no plain socket stream to splice (TLS, an adapter, another backend)."""
+def _unwrap(stream: ByteStream) -> tuple[SockStream, bytes] | None:
+    """The plain socket stream under any PrefixedStream layers, and their prefixes;
+    None if there is none (a TLS leg, the forwarding adapter)."""
     prefix = b""
     inner: ByteStream = stream
     while isinstance(inner, PrefixedStream):
         prefix += inner.prefix
         inner = inner.inner
-    transport = getattr(inner, "_transport", None)
-    protocol = getattr(inner, "_protocol", None)
-    if transport is None or getattr(protocol, "read_queue", None) is None:
-        return None
-    if transport.is_closing() or getattr(protocol, "exception", None) is not None:
-        return None
-    # asyncio hands out a TransportSocket: a socket-like view that can still dup().
-    raw = inner.extra(SocketAttribute.raw_socket, None)
-    if raw is None or not hasattr(raw, "dup") or raw.type != socket.SOCK_STREAM:
+    if not isinstance(inner, SockStream) or inner.sock.fileno() < 0:
         return None
     return inner, prefix
 
@@ -77,21 +69,11 @@ def detach(stream: ByteStream) -> Leg:
     unwrapped = _unwrap(stream)
     assert unwrapped is not None
     inner, prefix = unwrapped
-    transport = inner._transport  # type: ignore[attr-defined]
-    protocol = inner._protocol  # type: ignore[attr-defined]
-    transport.pause_reading()
-    buffered = b"".join(protocol.read_queue)
-    protocol.read_queue.clear()
-    at_eof = bool(protocol.is_at_eof)
-    sock = inner.extra(SocketAttribute.raw_socket).dup()
-    sock.setblocking(False)
-    # Let the transport go without write_eof(): the connection lives on in the dup.
-    transport.abort()
     layer: ByteStream = stream
     while isinstance(layer, PrefixedStream):
         layer.prefix = b""
         layer = layer.inner
-    return Leg(sock, prefix + buffered, at_eof)
+    return Leg(inner.detach(), prefix, False)
 
 
 def _new_pipe() -> tuple[int, int]:

@@ -1,0 +1,132 @@
+"""A TCP byte stream that is just a non-blocking socket.
+
+Why not anyio's own socket streams: on asyncio they sit on a transport and protocol (a
+read queue, events, reading ahead until told to pause) — per tunnel that is memory and
+set-up time, and it stands between the relay and the socket when the kernel could move
+the bytes itself (splice.py). This stream tries each syscall first and waits for
+readiness only when the socket would block, and can hand its socket over whole.
+Everything else in chainer sees an ordinary anyio ByteStream.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute
+
+_BROKEN = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+
+class SockStream(ByteStream):
+    __slots__ = ("_closed", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._closed = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = self.sock.recv(max_bytes)
+            except BlockingIOError:
+                await anyio.wait_readable(self.sock)
+                continue
+            except _BROKEN as exc:
+                raise anyio.BrokenResourceError from exc
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                await anyio.wait_writable(self.sock)
+                continue
+            except _BROKEN as exc:
+                raise anyio.BrokenResourceError from exc
+            view = view[sent:]
+
+    async def send_eof(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self.sock)
+            self.sock.close()
+
+    def detach(self) -> socket.socket:
+        """Hand the socket over; this stream is closed without closing it."""
+        self._closed = True
+        return self.sock
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        sock = self.sock
+        return {
+            SocketAttribute.family: lambda: sock.family,
+            SocketAttribute.local_address: sock.getsockname,
+            SocketAttribute.raw_socket: lambda: sock,
+            SocketAttribute.remote_address: sock.getpeername,
+            SocketAttribute.local_port: lambda: sock.getsockname()[1],
+            SocketAttribute.remote_port: lambda: sock.getpeername()[1],
+        }
+
+
+async def connect_ip(host: str, port: int) -> SockStream:
+    """One non-blocking connect to an IP literal."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex((host, port))
+        if err == errno.EINPROGRESS:
+            await anyio.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return SockStream(sock)
+
+
+def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.setblocking(False)
+    return sock
+
+
+async def accept(listener: socket.socket) -> SockStream:
+    """The next connection on a listening socket (OSError such as EMFILE passes through)."""
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            await anyio.wait_readable(listener)
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return SockStream(sock)

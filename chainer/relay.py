@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
+import sniffio
 from anyio.abc import ByteStream
 
 from . import splice
@@ -30,6 +31,10 @@ CHUNK = 262144
 LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
 # CHAINER_RELAY=generic turns the fast path off (for comparisons and tests).
 FAST_PATH = splice.AVAILABLE and os.environ.get("CHAINER_RELAY", "") != "generic"
+
+
+def _on_asyncio() -> bool:
+    return sniffio.current_async_library() == "asyncio"
 
 
 @dataclass(slots=True)
@@ -49,6 +54,7 @@ async def relay(
     if (
         FAST_PATH
         and not end_with_upstream
+        and _on_asyncio()
         and splice.can_detach(client)
         and splice.can_detach(upstream)
     ):
@@ -87,20 +93,8 @@ async def _generic(
 
 
 async def _spliced(client: splice.Leg, upstream: splice.Leg, idle: float) -> RelayResult:
-    count = [0, 0]
-    try:
-        result = await _run(
-            lambda _linger: splice.pump(client, upstream, count, 0),
-            lambda _linger: splice.pump(upstream, client, count, 1),
-            count,
-            idle,
-            False,
-        )
-    finally:
-        client.sock.close()
-        upstream.sock.close()
-    result.spliced = True
-    return result
+    done = await splice.relay(client, upstream, idle)
+    return RelayResult(done.up, done.down, done.idle_closed, done.error, spliced=True)
 
 
 Linger = Callable[[], None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +23,20 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A destination or hop address. `host` is a lower-case DNS name or an IP literal
@@ -32,11 +47,7 @@ class Address:
 
     @property
     def is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return _is_ip(self.host)
 
     @property
     def is_ipv6(self) -> bool:
@@ -167,7 +178,7 @@ class Listener:
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(self.address.host).is_loopback
+        return _is_loopback(self.address.host)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """A TCP byte stream that is just a non-blocking socket.
 
+Readiness is always waited for by file descriptor number, not socket object: asyncio's
+lookups format a socket's repr (two syscalls) on every miss.
+
 Why not anyio's own socket streams: on asyncio they sit on a transport and protocol (a
 read queue, events, reading ahead until told to pause) — per tunnel that is memory and
 set-up time, and it stands between the relay and the socket when the kernel could move
@@ -37,7 +40,7 @@ class SockStream(ByteStream):
             try:
                 data = self.sock.recv(max_bytes)
             except BlockingIOError:
-                await anyio.wait_readable(self.sock)
+                await anyio.wait_readable(self.sock.fileno())
                 continue
             except _BROKEN as exc:
                 raise anyio.BrokenResourceError from exc
@@ -53,7 +56,7 @@ class SockStream(ByteStream):
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                await anyio.wait_writable(self.sock)
+                await anyio.wait_writable(self.sock.fileno())
                 continue
             except _BROKEN as exc:
                 raise anyio.BrokenResourceError from exc
@@ -73,7 +76,7 @@ class SockStream(ByteStream):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            anyio.notify_closing(self.sock)
+            anyio.notify_closing(self.sock.fileno())
             self.sock.close()
 
     def detach(self) -> socket.socket:
@@ -103,7 +106,7 @@ async def connect_ip(host: str, port: int) -> SockStream:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex((host, port))
         if err == errno.EINPROGRESS:
-            await anyio.wait_writable(sock)
+            await anyio.wait_writable(sock.fileno())
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -126,7 +129,7 @@ async def accept(listener: socket.socket) -> SockStream:
         try:
             sock, _ = listener.accept()
         except BlockingIOError:
-            await anyio.wait_readable(listener)
+            await anyio.wait_readable(listener.fileno())
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return SockStream(sock)

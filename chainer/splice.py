@@ -118,15 +118,15 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         try:
             sent = sock.send(view)
         except BlockingIOError:
-            await anyio.wait_writable(sock)
+            await anyio.wait_writable(sock.fileno())
             continue
         view = view[sent:]
 
 
 @dataclass(eq=False)
 class _Direction:
-    src: socket.socket
-    dst: socket.socket
+    src: int  # file descriptors: asyncio lookups by socket object cost a repr() each
+    dst: int
     index: int
     pipe: tuple[int, int] | None = None
     in_pipe: int = 0
@@ -148,7 +148,9 @@ class _Tunnel:
 
     def __init__(self, a: Leg, b: Leg, idle: float) -> None:
         self.loop = asyncio.get_running_loop()
-        self.dirs = (_Direction(a.sock, b.sock, 0), _Direction(b.sock, a.sock, 1))
+        fa, fb = a.sock.fileno(), b.sock.fileno()
+        self.dirs = (_Direction(fa, fb, 0), _Direction(fb, fa, 1))
+        self.socks = {fa: a.sock, fb: b.sock}
         self.count = [0, 0]
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.result = SpliceResult()
@@ -173,7 +175,7 @@ class _Tunnel:
             if d.in_pipe:
                 assert d.pipe is not None
                 try:
-                    moved = os.splice(d.pipe[0], d.dst.fileno(), d.in_pipe, flags=_SPLICE_FLAGS)
+                    moved = os.splice(d.pipe[0], d.dst, d.in_pipe, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
                     loop.add_writer(d.dst, self._writable, d)
                     return
@@ -186,7 +188,7 @@ class _Tunnel:
             if d.pipe is None:
                 d.pipe = PIPES.take()
             try:
-                n = os.splice(d.src.fileno(), d.pipe[1], PIPE_SIZE, flags=_SPLICE_FLAGS)
+                n = os.splice(d.src, d.pipe[1], PIPE_SIZE, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 PIPES.give(d.pipe)  # empty: an idle direction holds no pipe
                 d.pipe = None
@@ -207,7 +209,7 @@ class _Tunnel:
 
     def _half_close(self, d: _Direction) -> None:
         with contextlib.suppress(OSError):  # the other side may be gone already
-            d.dst.shutdown(socket.SHUT_WR)
+            self.socks[d.dst].shutdown(socket.SHUT_WR)
         d.finished = True
         if d.pipe is not None:
             PIPES.give(d.pipe)

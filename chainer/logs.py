@@ -39,6 +39,7 @@ class ConnRecord:
     outcome: str = "ok"
     error: str | None = None
     failovers: str | None = None  # what failed on the way to a connection that worked
+    handed_off: bool = False  # a spliced tunnel outlives its task; it logs when it ends
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -79,7 +80,8 @@ class ConnRecord:
         # load balancer's health check — is logged at debug level only.
         quiet = self.outcome in ("client_gone", "client_error") and self.target is None
         level = logging.DEBUG if quiet else logging.INFO
-        access_log.log(level, "%s", self.line(), extra={"fields": self.fields()})
+        if access_log.isEnabledFor(level):  # don't build the line for nobody
+            access_log.log(level, "%s", self.line(), extra={"fields": self.fields()})
 
 
 class _ConnFilter(logging.Filter):

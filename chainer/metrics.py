@@ -65,19 +65,31 @@ class Metrics:
             "chainer_reloads", "Route table reloads, by result", ["result"], registry=r
         )
         r.register(_BreakerCollector(health))
+        # labels() costs a lookup and a lock per call; the hot ones are kept at hand
+        self._connection_children: dict[tuple[str, str], Counter] = {}
+        self._setup_children: dict[str, Histogram] = {}
+        self._up = self.bytes.labels("up")
+        self._down = self.bytes.labels("down")
 
     def hop_setup(self, hop: str, seconds: float) -> None:
-        self.setup.labels(hop).observe(seconds)
+        child = self._setup_children.get(hop)
+        if child is None:
+            child = self._setup_children[hop] = self.setup.labels(hop)
+        child.observe(seconds)
 
     def hop_failure(self, error: HopError) -> None:
         self.failures.labels(error.hop, error.phase, error.proxy_status).inc()
 
     def connection_done(self, route: str, outcome: str, up: int, down: int) -> None:
-        self.connections.labels(route, outcome).inc()
+        key = (route, outcome)
+        child = self._connection_children.get(key)
+        if child is None:
+            child = self._connection_children[key] = self.connections.labels(route, outcome)
+        child.inc()
         if up:
-            self.bytes.labels("up").inc(up)
+            self._up.inc(up)
         if down:
-            self.bytes.labels("down").inc(down)
+            self._down.inc(down)
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()

@@ -46,18 +46,17 @@ class RelayResult:
     spliced: bool = False  # the fast path carried it
 
 
+def can_splice(client: ByteStream, upstream: ByteStream) -> bool:
+    """Both legs are plain sockets and the fast path is on."""
+    return FAST_PATH and _on_asyncio() and splice.can_detach(client) and splice.can_detach(upstream)
+
+
 async def relay(
     client: ByteStream, upstream: ByteStream, idle: float, *, end_with_upstream: bool = False
 ) -> RelayResult:
     """Relay until both directions have ended (or, with end_with_upstream, until the
     upstream has finished: a forwarded plain-HTTP exchange ends with the origin's answer)."""
-    if (
-        FAST_PATH
-        and not end_with_upstream
-        and _on_asyncio()
-        and splice.can_detach(client)
-        and splice.can_detach(upstream)
-    ):
+    if not end_with_upstream and can_splice(client, upstream):
         return await _spliced(splice.detach(client), splice.detach(upstream), idle)
     return await _generic(client, upstream, idle, end_with_upstream)
 

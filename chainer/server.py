@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import itertools
 import logging
@@ -18,7 +19,8 @@ from anyio.abc import (
 )
 from anyio.streams.tls import TLSStream
 
-from . import sockstream
+from . import relay as relay_mod
+from . import sockstream, splice
 from .answers import failure_for
 from .dialer import Dialed
 from .errors import ChainFailed, Refused, describe_attempts
@@ -69,6 +71,7 @@ class Server:
         self._drained = anyio.Event()
         self.stopped = anyio.Event()  # set once serve() has returned
         self.bound: list[tuple[str, int]] = []  # every listening (host, port)
+        self._tunnels: set[splice.Tunnel] = set()  # spliced tunnels, run by callbacks
 
     def reload(self, config: Config) -> None:
         """New connections use `config`; live ones keep what they had. Health is kept for
@@ -143,12 +146,16 @@ class Server:
                 await self._stopping.wait()
                 accepting.cancel_scope.cancel()
             log.info("stopped accepting; %d connections open", self.active)
-            if self.active:
-                with anyio.move_on_after(self.grace):
-                    await self._drained.wait()
+            try:
                 if self.active:
-                    log.info("grace period over: closing %d connections", self.active)
-            connections.cancel_scope.cancel()
+                    with anyio.move_on_after(self.grace):
+                        await self._drained.wait()
+                    if self.active:
+                        log.info("grace period over: closing %d connections", self.active)
+            finally:
+                connections.cancel_scope.cancel()
+                for tunnel in list(self._tunnels):
+                    tunnel.abort("shutting down")
 
     async def _accept(self, tcp: socket.socket, listener: Listener, connections: TaskGroup) -> None:
         tls = _server_tls_context(listener)
@@ -209,11 +216,8 @@ class Server:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(client)
-            conn.log()
-            self.metrics.connection_done(conn.route, conn.outcome, conn.up, conn.down)
-            self.active -= 1
-            if self.active == 0:
-                self._drained.set()
+            if not conn.handed_off:
+                self._connection_ended(conn)
 
     async def _serve_client(
         self, conn: ConnRecord, stream: ByteStream, listener: Listener, tls: ssl.SSLContext | None
@@ -277,7 +281,8 @@ class Server:
         try:
             await self._relay(conn, inbound, request, dialed, router, match.route)
         finally:
-            self.metrics.active.dec()
+            if not conn.handed_off:
+                self.metrics.active.dec()
 
     async def _relay(
         self,
@@ -292,6 +297,9 @@ class Server:
         async with dialed.stream:
             if request.kind == "connect":
                 client = await inbound.established()
+                if relay_mod.can_splice(client, dialed.stream):
+                    await self._hand_off(conn, client, dialed.stream, idle)
+                    return
                 result = await relay(client, dialed.stream, idle)
             else:
                 assert isinstance(inbound, HttpInbound)
@@ -309,6 +317,40 @@ class Server:
             conn.outcome = "idle_timeout"
         elif result.error:
             conn.outcome, conn.error = "closed_on_error", result.error
+
+    async def _hand_off(
+        self, conn: ConnRecord, client: ByteStream, upstream: ByteStream, idle: float
+    ) -> None:
+        """A plain-socket tunnel needs no task: once its handshake leftovers are sent it
+        runs on event-loop callbacks, owned by the server (closed on shutdown), and this
+        connection's task ends. What the task would have done at the end — the log line,
+        the counters — happens when the tunnel finishes."""
+        a, b = splice.detach(client), splice.detach(upstream)
+        sent = await splice.send_pending(a, b)
+        conn.handed_off = True
+        tunnel = splice.Tunnel(a, b, idle, lambda result: None, sent)
+        tunnel.on_done = functools.partial(self._tunnel_done, conn, tunnel)
+        self._tunnels.add(tunnel)
+        tunnel.start()
+
+    def _tunnel_done(
+        self, conn: ConnRecord, tunnel: splice.Tunnel, result: splice.SpliceResult
+    ) -> None:
+        self._tunnels.discard(tunnel)
+        conn.up, conn.down = result.up, result.down
+        if result.idle_closed:
+            conn.outcome = "idle_timeout"
+        elif result.error:
+            conn.outcome, conn.error = "closed_on_error", result.error
+        self.metrics.active.dec()
+        self._connection_ended(conn)
+
+    def _connection_ended(self, conn: ConnRecord) -> None:
+        conn.log()
+        self.metrics.connection_done(conn.route, conn.outcome, conn.up, conn.down)
+        self.active -= 1
+        if self.active == 0:
+            self._drained.set()
 
 
 async def _receive_some(stream: ByteStream) -> bytes:

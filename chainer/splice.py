@@ -29,6 +29,7 @@ import fcntl
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -86,7 +87,7 @@ class _PipePool:
     """Empty pipes kept for reuse: a tunnel takes one only while bytes are in flight, so
     ten thousand idle tunnels hold no pipes at all."""
 
-    def __init__(self, keep: int = 64) -> None:
+    def __init__(self, keep: int = 16) -> None:
         self.keep = keep
         self.free: list[tuple[int, int]] = []
 
@@ -142,17 +143,26 @@ class SpliceResult:
     error: str | None = None
 
 
-class _Tunnel:
-    """Both directions of one tunnel, driven by event-loop readiness callbacks: no task,
-    no cancel scope per tunnel; the relay awaits one future."""
+class Tunnel:
+    """Both directions of one tunnel, driven by event-loop readiness callbacks: no task
+    and no cancel scope. `on_done(result)` is called once, after the sockets are closed;
+    `abort()` ends it from outside (shutdown). Whoever starts one owns it."""
 
-    def __init__(self, a: Leg, b: Leg, idle: float) -> None:
+    def __init__(
+        self,
+        a: Leg,
+        b: Leg,
+        idle: float,
+        on_done: Callable[[SpliceResult], None],
+        sent: tuple[int, int] = (0, 0),
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         fa, fb = a.sock.fileno(), b.sock.fileno()
         self.dirs = (_Direction(fa, fb, 0), _Direction(fb, fa, 1))
         self.socks = {fa: a.sock, fb: b.sock}
-        self.count = [0, 0]
-        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.count = list(sent)
+        self.on_done = on_done
+        self.finished = False
         self.result = SpliceResult()
         self.idle_step = idle / 4
         self.still = 0
@@ -164,6 +174,8 @@ class _Tunnel:
             self._step(d)
 
     def _step(self, d: _Direction) -> None:
+        if self.finished:  # a turn scheduled before the end
+            return
         try:
             self._move(d)
         except OSError as exc:
@@ -227,13 +239,14 @@ class _Tunnel:
         else:
             self.timer = self.loop.call_later(self.idle_step, self._check_idle)
 
-    def _finish(self, error: str | None) -> None:
-        if self.result.error is None:
-            self.result.error = error
-        if not self.done.done():
-            self.done.set_result(None)
+    def abort(self, reason: str) -> None:
+        self._finish(reason)
 
-    def close(self) -> None:
+    def _finish(self, error: str | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.result.error = error
         self.timer.cancel()
         for d in self.dirs:
             self.loop.remove_reader(d.src)
@@ -243,27 +256,38 @@ class _Tunnel:
                 os.close(d.pipe[0])
                 os.close(d.pipe[1])
                 d.pipe = None
+        for sock in self.socks.values():
+            sock.close()
+        self.result.up, self.result.down = self.count
+        self.on_done(self.result)
 
 
-async def relay(a: Leg, b: Leg, idle: float) -> SpliceResult:
-    """Relay two detached legs until both directions end, one fails, or the tunnel idles;
-    the sockets are closed on every exit path."""
+async def send_pending(a: Leg, b: Leg) -> tuple[int, int]:
+    """Deliver what handshakes left buffered on each leg to the other; bytes sent up/down.
+    The sockets are closed if this fails or is cancelled."""
     try:
         for src, dst in ((a, b), (b, a)):
             if src.pending:
                 await _send_all(dst.sock, src.pending)
-        tunnel = _Tunnel(a, b, idle)
-        tunnel.count = [len(a.pending), len(b.pending)]
-        try:
-            tunnel.start()
-            await tunnel.done
-        finally:
-            tunnel.close()
-        tunnel.result.up, tunnel.result.down = tunnel.count
-        return tunnel.result
-    finally:
+    except BaseException:
         a.sock.close()
         b.sock.close()
+        raise
+    return len(a.pending), len(b.pending)
+
+
+async def relay(a: Leg, b: Leg, idle: float) -> SpliceResult:
+    """Relay two detached legs in this task until the tunnel ends (the sockets are closed
+    on every exit path, cancellation included)."""
+    sent = await send_pending(a, b)
+    done = anyio.Event()
+    tunnel = Tunnel(a, b, idle, lambda _result: done.set(), sent)
+    try:
+        tunnel.start()
+        await done.wait()
+    finally:
+        tunnel.abort("cancelled")
+    return tunnel.result
 
 
 def _why(exc: OSError) -> str:

@@ -12,6 +12,7 @@ resolves to, so a name that resolves to 127.0.0.1 (or is rebound to it) is refus
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -38,6 +39,11 @@ _PROTECTED = tuple(
 
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(host: str) -> IP:
+    return _plain(ipaddress.ip_address(host))
 
 
 def _plain(ip: IP) -> IP:
@@ -94,7 +100,7 @@ class Guard:
     def check_address(self, host: str, port: int) -> None:
         """Raise Refused when connecting to IP `host`:`port` is not allowed (used again
         on every address a `direct` name resolves to)."""
-        ip = _plain(ipaddress.ip_address(host))
+        ip = _parse(host)
         if self._is_own(ip, port):
             raise Refused(f"{Address(host, port)} is chainer itself: refusing a loop")
         if self.exposed and _protected(ip):
@@ -107,7 +113,7 @@ class Guard:
         for host, own_port in self.own:
             if own_port != port:
                 continue
-            bound = _plain(ipaddress.ip_address(host))
+            bound = _parse(host)
             if bound == ip or (ip.is_unspecified and bound.version == ip.version):
                 return True  # connecting to 0.0.0.0 reaches this machine
             if bound.is_unspecified and _is_local(ip):

@@ -106,12 +106,17 @@ async def _race(ips: list[str], port: int) -> ByteStream:
         else:
             await stream.aclose()
 
-    async with anyio.create_task_group() as tg:
-        for ip in ips:
-            failed = anyio.Event()
-            tg.start_soon(attempt, ip, failed)
-            with anyio.move_on_after(HAPPY_EYEBALLS_DELAY):
-                await failed.wait()
+    try:
+        async with anyio.create_task_group() as tg:
+            for ip in ips:
+                failed = anyio.Event()
+                tg.start_soon(attempt, ip, failed)
+                with anyio.move_on_after(HAPPY_EYEBALLS_DELAY):
+                    await failed.wait()
+    except BaseException:
+        if winner is not None:  # cancelled from outside just as one connected
+            await anyio.aclose_forcefully(winner)
+        raise
     if winner is None:
         raise OSError("all connection attempts failed") from (errors[-1] if errors else None)
     return winner

@@ -17,12 +17,12 @@ between `idle` and 1.25 x `idle` after its last byte.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
-import sniffio
 from anyio.abc import ByteStream
 
 from . import splice
@@ -34,7 +34,12 @@ FAST_PATH = splice.AVAILABLE and os.environ.get("CHAINER_RELAY", "") != "generic
 
 
 def _on_asyncio() -> bool:
-    return sniffio.current_async_library() == "asyncio"
+    """The fast path drives asyncio's loop directly (not available under trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

@@ -72,6 +72,7 @@ class Server:
         self.stopped = anyio.Event()  # set once serve() has returned
         self.bound: list[tuple[str, int]] = []  # every listening (host, port)
         self._tunnels: set[splice.Tunnel] = set()  # spliced tunnels, run by callbacks
+        self._closing = False  # no new spliced tunnel may start
 
     def reload(self, config: Config) -> None:
         """New connections use `config`; live ones keep what they had. Health is kept for
@@ -113,6 +114,10 @@ class Server:
         try:
             await self._serve(listeners, task_status)
         finally:
+            # Spliced tunnels have no task to cancel: end them here, however serve() ends.
+            self._closing = True
+            for tunnel in list(self._tunnels):
+                tunnel.abort("shutting down")
             self.stopped.set()
 
     async def _serve(
@@ -153,6 +158,7 @@ class Server:
                     if self.active:
                         log.info("grace period over: closing %d connections", self.active)
             finally:
+                self._closing = True
                 connections.cancel_scope.cancel()
                 for tunnel in list(self._tunnels):
                     tunnel.abort("shutting down")
@@ -327,10 +333,20 @@ class Server:
         the counters — happens when the tunnel finishes."""
         a, b = splice.detach(client), splice.detach(upstream)
         sent = await splice.send_pending(a, b)
-        conn.handed_off = True
-        tunnel = splice.Tunnel(a, b, idle, lambda result: None, sent)
+        if self._closing:
+            a.sock.close()
+            b.sock.close()
+            conn.outcome, conn.error = "closed_on_error", "shutting down"
+            return
+        try:
+            tunnel = splice.Tunnel(a, b, idle, lambda result: None, sent)
+        except BaseException:
+            a.sock.close()
+            b.sock.close()
+            raise
         tunnel.on_done = functools.partial(self._tunnel_done, conn, tunnel)
         self._tunnels.add(tunnel)
+        conn.handed_off = True
         tunnel.start()
 
     def _tunnel_done(

@@ -131,5 +131,9 @@ async def accept(listener: socket.socket) -> SockStream:
         except BlockingIOError:
             await anyio.wait_readable(listener.fileno())
             continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            sock.close()  # reset before we saw it: take the next one
+            continue
         return SockStream(sock)

@@ -171,3 +171,19 @@ async def test_a_client_that_stops_reading_is_not_buffered_for(path: str, tmp_pa
             assert sent < 64 * 1024 * 1024
             stop.set()
             raw.close()
+
+
+async def test_stopping_the_server_ends_live_tunnels(path: str, tmp_path: Path) -> None:
+    """However the server stops, its tunnels end with it (a spliced tunnel has no task
+    that cancellation would reach)."""
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        async with running_chainer(table("  - {match: '*', via: direct}\n"), tmp_path) as b:
+            s = await anyio.connect_tcp("127.0.0.1", b[0][1])
+            await s.send(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert await s.receive() == OK
+            await s.send(b"still")
+            assert await s.receive() == b"still"
+        # the server is gone: the tunnel must be closed, not left relaying
+        async with s:
+            assert await read_all(s, limit=3) == b""

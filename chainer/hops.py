@@ -12,6 +12,7 @@ import functools
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 from anyio.abc import ByteStream
@@ -25,6 +26,7 @@ from .proto.http import (
     ConnectResponseReader,
     Established,
     ProtocolError,
+    Refused,
     basic_authorization,
     connect_request,
 )
@@ -201,18 +203,32 @@ async def _receive(stream: ByteStream) -> bytes:
         return b""
 
 
-async def _drive_socks(stream: ByteStream, codec: Socks5Client | Socks4Client) -> ByteStream:
-    answered = False
+class _Reader(Protocol):
+    def receive_data(self, data: bytes) -> None: ...
+    def next_event(self) -> object: ...
+
+
+async def _next_answer(stream: ByteStream, reader: _Reader, answered: list[bool]) -> object:
+    """Feed a sans-I/O reader from the hop until it has an event. A hop that closes before
+    its first byte is HopClosed (so a kept-alive connection can be retried); any other bad
+    answer is HopProtocolError. answered[0] records whether a byte ever came."""
     while True:
         try:
-            event = codec.next_event()
+            event = reader.next_event()
         except ProtocolError as exc:
-            raise (HopProtocolError if answered else HopClosed)(str(exc)) from None
-        if event is NEED_DATA:
-            data = await _receive(stream)
-            answered = answered or bool(data)
-            codec.receive_data(data)
-        elif isinstance(event, Send):
+            raise (HopProtocolError if answered[0] else HopClosed)(str(exc)) from None
+        if event is not NEED_DATA:
+            return event
+        data = await _receive(stream)
+        answered[0] = answered[0] or bool(data)
+        reader.receive_data(data)
+
+
+async def _drive_socks(stream: ByteStream, codec: Socks5Client | Socks4Client) -> ByteStream:
+    answered = [False]
+    while True:
+        event = await _next_answer(stream, codec, answered)
+        if isinstance(event, Send):
             await stream.send(event.data)
         elif isinstance(event, Connected):
             return with_prefix(stream, codec.trailing_data)
@@ -238,29 +254,20 @@ async def http_connect(stream: ByteStream, proxy: Proxy, target: Address) -> Byt
         authorization = basic_authorization(proxy.username, proxy.password or "")
     await stream.send(connect_request(target.authority(), authorization))
     reader = ConnectResponseReader()
-    answered = False
-    while True:
-        try:
-            event = reader.next_event()
-        except ProtocolError as exc:
-            raise (HopProtocolError if answered else HopClosed)(str(exc)) from None
-        if event is NEED_DATA:
-            data = await _receive(stream)
-            answered = answered or bool(data)
-            reader.receive_data(data)
-            continue
-        if isinstance(event, Established):
-            return with_prefix(stream, reader.trailing_data)
-        status = event.status
-        text = f"answered {status} {event.reason}".rstrip()
-        if status in _DENIED:
-            raise HopAnswer("denied", status, text)
-        # The answer was read whole and the hop keeps the connection: it can be asked again.
-        survivor = with_prefix(stream, reader.trailing_data) if event.reusable else None
-        if status == 504:
-            raise HopAnswer("timeout", status, text, survivor)
-        if status in _UNREACHABLE:
-            raise HopAnswer("unreachable", status, text, survivor)
-        if survivor is not None:
-            await anyio.aclose_forcefully(survivor)
-        raise HopAnswer("failed", status, text)
+    event = await _next_answer(stream, reader, [False])
+    if isinstance(event, Established):
+        return with_prefix(stream, reader.trailing_data)
+    assert isinstance(event, Refused)
+    status = event.status
+    text = f"answered {status} {event.reason}".rstrip()
+    if status in _DENIED:
+        raise HopAnswer("denied", status, text)
+    # The answer was read whole and the hop keeps the connection: it can be asked again.
+    survivor = with_prefix(stream, reader.trailing_data) if event.reusable else None
+    if status == 504:
+        raise HopAnswer("timeout", status, text, survivor)
+    if status in _UNREACHABLE:
+        raise HopAnswer("unreachable", status, text, survivor)
+    if survivor is not None:
+        await anyio.aclose_forcefully(survivor)
+    raise HopAnswer("failed", status, text)

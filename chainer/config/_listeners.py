@@ -1,0 +1,204 @@
+"""The `listen:` section (and the `admin:` address): listener addresses, TLS files, users
+inline or from a users file, allowed client ranges, and the rule that a listener reachable
+from other machines must say who may use it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from yaml.nodes import Node, ScalarNode, SequenceNode
+
+from ..errors import BadTarget
+from ..models import Address, Listener, TLSFiles
+from ..target import parse_authority
+from ._yaml import _is_null, _q, _Reader
+
+_LISTEN_KEYS = ("address", "tls", "auth", "allow", "open")
+
+_DEFAULT_LISTENER = Listener(Address("127.0.0.1", 8080))
+
+
+class _Listeners(_Reader):
+    def read_listeners(self, node: Node | None) -> tuple[Listener, ...]:
+        if node is None or _is_null(node):
+            return (_DEFAULT_LISTENER,)
+        if isinstance(node, SequenceNode) and not node.value:
+            self.error(node, "listen", "empty list: nothing would listen")
+            return ()
+        listeners: list[Listener] = []
+        many = isinstance(node, SequenceNode)
+        for i, item in enumerate(self.items(node)):
+            path = f"listen[{i}]" if many else "listen"
+            listener = self.read_listener(item, path)
+            if listener is None:
+                continue
+            if listener.address.port and any(ln.address == listener.address for ln in listeners):
+                self.error(item, path, f"{listener.address} is listed twice")
+            listeners.append(listener)
+        return tuple(listeners)
+
+    def read_listener(self, node: Node, path: str) -> Listener | None:
+        line = node.start_mark.line + 1
+        if isinstance(node, ScalarNode):
+            address = self.listen_address(node, path)
+            if address is None:
+                return None
+            listener = Listener(address, line=line)
+            self.check_exposure(listener, node, path)
+            return listener
+        entries = self.mapping(node, path)
+        if entries is None:
+            return None
+        self.known(entries, _LISTEN_KEYS, path)
+        if "address" not in entries:
+            self.error(node, path, 'missing "address"')
+            return None
+        address = self.listen_address(entries["address"][1], f"{path}.address")
+        tls: TLSFiles | None = None
+        users: tuple[tuple[str, str], ...] | None = ()
+        allow: tuple[str, ...] | None = ()
+        ok = True
+        if "tls" in entries:
+            tls = self.read_tls(entries["tls"][1], f"{path}.tls")
+            ok &= tls is not None
+        if "auth" in entries:
+            users = self.read_auth(entries["auth"][1], f"{path}.auth")
+            ok &= users is not None
+        if "allow" in entries:
+            allow = self.read_allow(entries["allow"][1], f"{path}.allow")
+            ok &= allow is not None
+        is_open = False
+        if "open" in entries:
+            is_open = bool(self.flag(entries["open"][1], f"{path}.open"))
+        if address is None or not ok:
+            return None
+        listener = Listener(address, tls, users or (), allow or (), line, is_open)
+        self.check_exposure(listener, node, path)
+        return listener
+
+    def check_exposure(self, listener: Listener, node: Node, path: str) -> None:
+        """A listener others can reach must say who may use it, or say open: true."""
+        if listener.loopback or listener.users or listener.allow or listener.open:
+            return
+        self.error(
+            node,
+            path,
+            f"{listener.address} is reachable from other machines and has neither auth: nor "
+            "allow:, so anyone could use it as a proxy; add one, or open: true if you mean it",
+        )
+
+    def listen_address(self, node: Node, path: str) -> Address | None:
+        text = self.text(node, path)
+        if text is None:
+            return None
+        text = text.strip()
+        try:
+            if text.endswith(":0"):  # port 0: the kernel picks one (tests, demos)
+                address = parse_authority(text[:-2], default_port=0)
+            else:
+                address = parse_authority(text)
+        except BadTarget as e:
+            self.error(node, path, f"expected IP:PORT or [IPv6]:PORT: {e}")
+            return None
+        if address.host == "localhost":
+            return Address("127.0.0.1", address.port)
+        if not address.is_ip:
+            self.error(node, path, f"listen on an IP address, not a name: {_q(address.host)}")
+            return None
+        return address
+
+    def read_tls(self, node: Node, path: str) -> TLSFiles | None:
+        entries = self.mapping(node, path)
+        if entries is None:
+            return None
+        self.known(entries, ("cert", "key"), path)
+        files: dict[str, str | None] = {}
+        for key in ("cert", "key"):
+            if key not in entries:
+                self.error(node, path, f"missing {_q(key)}")
+                files[key] = None
+            else:
+                files[key] = self.file_path(entries[key][1], f"{path}.{key}")
+        cert, key_file = files["cert"], files["key"]
+        return TLSFiles(cert, key_file) if cert and key_file else None
+
+    def read_auth(self, node: Node, path: str) -> tuple[tuple[str, str], ...] | None:
+        entries = self.mapping(node, path)
+        if entries is None:
+            return None
+        self.known(entries, ("users", "users_file"), path)
+        if "users" not in entries and "users_file" not in entries:
+            self.error(node, path, 'missing "users" or "users_file"')
+            return None
+        out: list[tuple[str, str]] = []
+        if "users_file" in entries:
+            from_file = self.users_file(entries["users_file"][1], f"{path}.users_file")
+            if from_file is None:
+                return None
+            out.extend(from_file)
+            if "users" not in entries:
+                return tuple(out)
+        users_node = entries["users"][1]
+        users = self.mapping(users_node, f"{path}.users")
+        if users is None:
+            return None
+        if not users:
+            self.error(users_node, f"{path}.users", "no users: nobody could log in")
+            return None
+        expected = len(users) + len(out)
+        for name, (key_node, value_node) in users.items():
+            if not name or ":" in name:
+                self.error(key_node, f"{path}.users", f"bad user name {_q(name)}")
+                continue
+            password = self.text(value_node, f"{path}.users.{name}")
+            if password is not None:
+                out.append((name, password))
+        return tuple(out) if len(out) == expected else None
+
+    def users_file(self, node: Node, path: str) -> list[tuple[str, str]] | None:
+        """`name:password` per line; blank lines and `#` comments skipped."""
+        file = self.file_path(node, path)
+        if file is None:
+            return None
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self.error(node, path, f"cannot read {_q(file)}: {type(e).__name__}")
+            return None
+        users: list[tuple[str, str]] = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, password = line.partition(":")
+            if not sep or not name:
+                # never quote the line: it may hold a password
+                self.error(node, path, f"{file}:{number}: expected name:password")
+                return None
+            users.append((name, password))
+        if not users:
+            self.error(node, path, f"{file}: no users: nobody could log in")
+            return None
+        return users
+
+    def read_allow(self, node: Node, path: str) -> tuple[str, ...] | None:
+        items = self.items(node)
+        many = isinstance(node, SequenceNode)
+        if not items:
+            self.error(node, path, "empty list: no client would be let in")
+            return None
+        out: list[str] = []
+        for i, item in enumerate(items):
+            item_path = f"{path}[{i}]" if many else path
+            text = self.text(item, item_path)
+            if text is None:
+                continue
+            try:
+                ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                self.error(item, item_path, f"not an IP range: {_q(text)}")
+                continue
+            out.append(text.strip())
+        return tuple(out) if len(out) == len(items) else None

@@ -73,6 +73,9 @@ class Dialed:
     trace: tuple[HopTrace, ...]
     attempts: tuple[HopError, ...]  # failures on the way, in order
     skipped: tuple[tuple[int, str], ...] = ()  # (hop index, name) skipped: circuit open
+    # With forward=True and an HTTP(S) last hop: the stream reaches that hop, which is to
+    # be sent the plain-HTTP request itself rather than asked for a tunnel.
+    forward_to: Proxy | None = None
 
 
 class _DeadlineExceeded(ChainerError):
@@ -115,6 +118,8 @@ class _Run:
     attempts: list[HopError] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
     denied: set[str] = field(default_factory=set)  # hops that refused us: not asked again
+    forward: bool = False  # a plain-HTTP request: an HTTP last hop gets it as is
+    forward_to: Proxy | None = None
     tries: int = 0
 
     @property
@@ -201,11 +206,13 @@ class Dialer:
         vias: Sequence[Via],
         target: Address,
         screen: hops.Screen | None = None,
+        *,
+        forward: bool = False,
     ) -> Dialed:
         """Reach `target` by the first of `vias` that works, within the deadline.
         `screen(ip, port)` vets each address a `direct` connection resolves to (it raises
         Refused to forbid one)."""
-        run = _Run(target, anyio.current_time(), self.defaults.deadline)
+        run = _Run(target, anyio.current_time(), self.defaults.deadline, forward=forward)
         for position, via in enumerate(vias):
             if via.kind == "reject":
                 if position == 0:
@@ -220,7 +227,10 @@ class Dialer:
                 continue
             except _DeadlineExceeded as exc:
                 raise ChainFailed(route, run.attempts, str(exc), run.skipped) from None
-            return Dialed(stream, via, tuple(trace), tuple(run.attempts), tuple(run.skipped))
+            forward_to = run.forward_to if via.kind == "chain" else None
+            return Dialed(
+                stream, via, tuple(trace), tuple(run.attempts), tuple(run.skipped), forward_to
+            )
         raise ChainFailed(route, run.attempts, None, run.skipped)
 
     async def _direct(
@@ -277,6 +287,11 @@ class Dialer:
         """Consumes `prev` (a stream that reaches path[-1]); returns one to the destination."""
         if pos == len(via.hops):
             assert prev is not None
+            if run.forward and path[-1].scheme in ("http", "https"):
+                # An HTTP proxy takes a plain-HTTP request as it is; many (squid's
+                # default) refuse to CONNECT to port 80.
+                run.forward_to = path[-1]
+                return prev
             return await self._ask_destination(run, prev, path)
         edge_from = path[-1].name if path else ""
         queue = [c for c in self.health.order(via.hops[pos], edge_from) if c.name not in run.denied]

@@ -38,13 +38,15 @@ class Router:
             raise Refused(f"no route matches {target}")
         return match
 
-    async def open(self, target: Address, screen: Screen | None = None) -> tuple[Match, Dialed]:
+    async def open(
+        self, target: Address, screen: Screen | None = None, *, forward: bool = False
+    ) -> tuple[Match, Dialed]:
         """Route `target` and build its chain (fallbacks included). `screen(ip, port)`
         vets the addresses a `direct` route resolves the name to."""
         match = self.route(target)
         route = match.route
         vias = (route.via, *route.fallback)
-        dialed = await self.dialer.dial(route.label(), vias, target, screen)
+        dialed = await self.dialer.dial(route.label(), vias, target, screen, forward=forward)
         return match, dialed
 
     async def connect(self, host: str, port: int | str) -> ByteStream:

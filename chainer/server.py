@@ -39,6 +39,8 @@ from .logs import ConnRecord, conn_id
 from .metrics import Metrics
 from .models import Address, Config, HttpOptions, Listener, Proxy, Route
 from .policy import Guard
+from .proto.forward import proxy_form
+from .proto.http import basic_authorization
 from .relay import relay
 from .router import Router
 from .sockstream import SockStream
@@ -267,7 +269,9 @@ class Server:
         guard = Guard.for_listener(router.config.policy, listener, self.bound)
         try:
             guard.check(request.target)
-            match, dialed = await router.open(request.target, guard.check_address)
+            match, dialed = await router.open(
+                request.target, guard.check_address, forward=request.kind == "forward"
+            )
         except (Refused, ChainFailed) as exc:
             for attempt in getattr(exc, "attempts", ()):
                 self.metrics.hop_failure(attempt)
@@ -310,6 +314,8 @@ class Server:
             else:
                 assert isinstance(inbound, HttpInbound)
                 head = _forwarded_head(request.head, router.config.http, route, conn)
+                if dialed.forward_to is not None:
+                    head = _for_proxy(head, request.target, dialed.forward_to)
                 await dialed.stream.send(head)
                 result = await relay(
                     inbound.body_stream(request.chunked),
@@ -400,3 +406,10 @@ def _forwarded_head(head: bytes, options: HttpOptions, route: Route, conn: ConnR
         client_ip = conn.client.rpartition(":")[0].strip("[]")
         extra += f"X-Forwarded-For: {client_ip}\r\n".encode()
     return head[:-2] + extra + b"\r\n" if extra else head
+
+
+def _for_proxy(head: bytes, target: Address, proxy: Proxy) -> bytes:
+    authorization = None
+    if proxy.username is not None:
+        authorization = basic_authorization(proxy.username, proxy.password or "")
+    return proxy_form(head, target.authority(), authorization)

@@ -97,7 +97,11 @@ class FakeHop:
             )
             await anyio.sleep(0.5)
             return
-        target = head.split(b" ")[1].decode()
+        method, target_bytes, _ = head.split(b"\r\n", 1)[0].split(b" ")
+        if method != b"CONNECT":
+            await self._forward(head, target_bytes.decode(), buffered, client)
+            return
+        target = target_bytes.decode()
         host, _, port = target.rpartition(":")
         try:
             upstream = await anyio.connect_tcp(host.strip("[]"), int(port))
@@ -119,6 +123,19 @@ class FakeHop:
                 await client.send(answer)
             else:
                 await client.send(answer)
+            await _pipe(buffered, client, upstream)
+
+    async def _forward(
+        self, head: bytes, url: str, buffered: BufferedByteStream, client: SocketStream
+    ) -> None:
+        """A plain-HTTP request in absolute form: fetch it from the origin, as a proxy."""
+        authority, _, path = url.removeprefix("http://").partition("/")
+        host, _, port = authority.rpartition(":")
+        line_end = head.index(b"\r\n")
+        method, _, version = head[:line_end].split(b" ")
+        origin_form = b"%s /%s %s" % (method, path.encode(), version)
+        async with await anyio.connect_tcp(host.strip("[]"), int(port or 80)) as upstream:
+            await upstream.send(origin_form + head[line_end:])
             await _pipe(buffered, client, upstream)
 
 

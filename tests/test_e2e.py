@@ -245,8 +245,12 @@ async def test_absolute_form_is_forwarded_without_hop_by_hop_headers(
     assert "proxy-authorization" not in headers
     assert "proxy-connection" not in headers
     assert headers["host"] == f"127.0.0.1:{plain_origin.port}"
-    # the forwarded request went through the hop as a CONNECT to port of the URL
-    assert hop.requests[0].startswith(f"CONNECT 127.0.0.1:{plain_origin.port} ".encode())
+    # an HTTP last hop gets the request itself, in absolute form (squid's default config
+    # refuses to CONNECT to port 80), without the client's proxy credentials
+    request_line = f"GET http://127.0.0.1:{plain_origin.port}/headers HTTP/1.1\r\n"
+    assert hop.requests[0].startswith(request_line.encode())
+    assert b"proxy-pass" not in hop.requests[0]
+    assert b"Proxy-Authorization" not in hop.requests[0]
 
 
 async def test_post_body_is_forwarded(tmp_path: Path, plain_origin: Origin) -> None:
@@ -346,3 +350,47 @@ async def test_a_tunnel_through_an_https_hop_ends_when_the_client_is_done(
                             pass
     assert got == b"HTTP/1.1 200 Connection established\r\n\r\nbye"
     assert time.monotonic() - started < 4.0
+
+
+async def test_plain_http_through_a_chain_goes_to_the_last_hop_in_absolute_form(
+    tmp_path: Path, plain_origin: Origin
+) -> None:
+    """[CONNECT hop, HTTP hop with credentials]: hop 1 is asked for a tunnel to hop 2,
+    hop 2 is sent the request itself with its own Proxy-Authorization."""
+    async with task_group() as tg:
+        first = await start_hop(tg, "ok")
+        last = await start_hop(tg, "ok")
+        proxies = f"  a: {first.url()}\n  b: http://bob:hop2pass@{last.address}\n"
+        async with running_chainer(
+            config("  - {match: '*', via: [a, b]}", proxies), tmp_path
+        ) as bound:
+            rc, body, err = await run_curl(
+                "-x", f"http://127.0.0.1:{bound[0][1]}", plain_origin.url("/abs")
+            )
+    assert (rc, body) == (0, b"origin:/abs"), err
+    assert first.requests[0].startswith(f"CONNECT {last.address} ".encode())
+    assert b"hop2pass" not in first.requests[0]
+    head = last.requests[0]
+    assert head.startswith(f"GET http://127.0.0.1:{plain_origin.port}/abs HTTP/1.1\r\n".encode())
+    assert b"Proxy-Authorization: Basic Ym9iOmhvcDJwYXNz\r\n" in head  # bob:hop2pass
+
+
+@pytest.mark.realproxy
+async def test_plain_http_reaches_real_squid_as_a_request_not_a_connect(
+    tmp_path: Path, plain_origin: Origin, tinyproxy: Endpoint, squid: Endpoint
+) -> None:
+    proxies = f"  tiny: http://{tinyproxy.hostport}\n  squid: http://{squid.hostport}\n"
+    text = config("  - {match: '*', via: [tiny, squid]}", proxies)
+    async with running_chainer(text, tmp_path) as bound:
+        rc, body, err = await run_curl(
+            "-x", f"http://127.0.0.1:{bound[0][1]}", plain_origin.url("/via-squid")
+        )
+    assert (rc, body) == (0, b"origin:/via-squid"), err
+    access = anyio.Path(next(p for p in squid.log_files if p.endswith("access.log")))
+    text = ""
+    with anyio.fail_after(5):
+        while "/via-squid" not in text:
+            await anyio.sleep(0.05)
+            text = await access.read_text()
+    line = next(ln for ln in text.splitlines() if "/via-squid" in ln)
+    assert f" GET http://127.0.0.1:{plain_origin.port}/via-squid " in line

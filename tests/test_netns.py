@@ -208,13 +208,33 @@ def test_socks_clients_reach_the_origin_by_name_through_a_and_b(
 
 
 def test_a_name_hop_b_cannot_resolve_fails_at_hop_b(lab: Lab, chainer: Chainer) -> None:
+    """Through a tunnel (CONNECT), chainer answers and names the hop. (A plain-HTTP
+    request to an HTTP last hop is that hop's to answer: see the next test.)"""
+    result = netns_curl(
+        lab.net.client, "-p", "-x", chainer.proxy, "-D", "-", "http://unknown.lab.test/"
+    )
+    head, _ = split_response(result)
+    assert result.returncode == 56, result.stderr  # curl: CONNECT tunnel failed
+    assert head.startswith(b"HTTP/1.1 502 "), head
+    assert "hop 2 (b)" in proxy_status(head), head
+    assert result.seconds < FAST
+
+
+def test_plain_http_to_an_unresolvable_name_is_answered_by_the_last_hop(
+    lab: Lab, chainer: Chainer
+) -> None:
     result = netns_curl(lab.net.client, "-x", chainer.proxy, "-D", "-", "http://unknown.lab.test/")
     head, body = split_response(result)
     assert result.returncode == 0, result.stderr
-    assert head.startswith(b"HTTP/1.1 502 "), head
-    assert "hop 2 (b)" in proxy_status(head), head
-    assert b"hop 2 (b)" in body, body
     assert result.seconds < FAST
+    if chainer.hop_b.scheme == "http":
+        # the HTTP hop got the request itself and answered it
+        assert head.startswith(b"HTTP/1.1 5"), head
+        assert b"chainer" not in head
+    else:
+        # a SOCKS hop was asked for a tunnel: chainer answers and names it
+        assert head.startswith(b"HTTP/1.1 502 "), head
+        assert b"hop 2 (b)" in body, body
 
 
 def test_direct_route_to_a_name_fails_fast_with_dns_error(lab: Lab, chainer: Chainer) -> None:

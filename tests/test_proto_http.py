@@ -8,13 +8,13 @@ given because the answer was complete before they arrived.
 from __future__ import annotations
 
 import base64
-import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from chunking import bytewise, random_chunks, whole
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -60,24 +60,6 @@ def run(
         assert event is NEED_DATA
         assert pending, "reader wants data after EOF"
         reader.receive_data(pending.pop(0))
-
-
-def whole(data: bytes) -> list[bytes]:
-    return [data]
-
-
-def bytewise(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = [0, *sorted(set(cuts)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
-
-
-def random_chunks(draw: st.DataObject, data: bytes) -> list[bytes]:
-    cuts = draw.draw(st.lists(st.integers(0, len(data)), max_size=12), label="cuts")
-    return split_at(data, cuts)
 
 
 # ------------------------------------------------------------------------ reader cases

@@ -11,11 +11,11 @@ client was never given because the answer was complete before they arrived.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
+from chunking import bytewise, random_chunks, whole
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -60,24 +60,6 @@ def run(client: Client, chunks: Sequence[bytes], *, eof: bool = False) -> Outcom
         assert event is NEED_DATA
         assert pending, "client wants data after EOF"
         client.receive_data(pending.pop(0))
-
-
-def whole(data: bytes) -> list[bytes]:
-    return [data]
-
-
-def bytewise(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = [0, *sorted(set(cuts)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
-
-
-def random_chunks(draw: st.DataObject, data: bytes) -> list[bytes]:
-    cuts = draw.draw(st.lists(st.integers(0, len(data)), max_size=12), label="cuts")
-    return split_at(data, cuts)
 
 
 def s5(

@@ -10,11 +10,11 @@ followed by the bytes it was never given.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
+from chunking import bytewise, random_chunks, whole
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -104,24 +104,6 @@ def drive4(chunks: Sequence[bytes], *, eof: bool = False) -> Transcript:
             server.receive_data(b"x")
         consumed = fed - len(server.trailing_data)
         return Transcript(((event, consumed),), b"", server.trailing_data + b"".join(pending))
-
-
-def whole(data: bytes) -> list[bytes]:
-    return [data]
-
-
-def bytewise(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = [0, *sorted(set(cuts)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
-
-
-def random_chunks(draw: st.DataObject, data: bytes) -> list[bytes]:
-    cuts = draw.draw(st.lists(st.integers(0, len(data)), max_size=12), label="cuts")
-    return split_at(data, cuts)
 
 
 def greeting(*methods: int) -> bytes:

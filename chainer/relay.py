@@ -1,11 +1,12 @@
 """Moves bytes both ways between a client and the chain built for it.
 
-How this works. Two paths with the same semantics:
-  - the fast path (splice.py), when both legs are plain TCP sockets on Linux: the kernel
-    moves the bytes socket -> pipe -> socket, Python only waits for readiness;
-  - the generic path, for everything else (a TLS leg, the plain-HTTP forwarding adapter):
-    one task per direction reads up to 256 KiB and writes it on, with no cancel scope
-    per chunk, so a client that stops reading stalls its direction (backpressure).
+How this works. Two paths with the same semantics; the server picks one per tunnel:
+  - the fast path, when `can_splice` (both legs plain TCP sockets, Linux, asyncio): the
+    tunnel is handed to a splice.Tunnel and the kernel moves the bytes;
+  - the generic path, `relay`, for everything else (a TLS leg, the plain-HTTP
+    forwarding adapter): one task per direction reads up to 256 KiB and writes it on,
+    with no cancel scope per chunk, so a client that stops reading stalls its direction
+    (backpressure).
 End of stream in one direction is passed on as a half-close where the other side can
 carry one. A TLS leg cannot: the other direction then goes on only while bytes keep
 moving (LINGER), because the far side may itself be waiting for an end of stream that
@@ -48,7 +49,6 @@ class RelayResult:
     down: int = 0  # upstream -> client
     idle_closed: bool = False
     error: str | None = None
-    spliced: bool = False  # the fast path carried it
 
 
 def can_splice(client: ByteStream, upstream: ByteStream) -> bool:
@@ -59,16 +59,9 @@ def can_splice(client: ByteStream, upstream: ByteStream) -> bool:
 async def relay(
     client: ByteStream, upstream: ByteStream, idle: float, *, end_with_upstream: bool = False
 ) -> RelayResult:
-    """Relay until both directions have ended (or, with end_with_upstream, until the
-    upstream has finished: a forwarded plain-HTTP exchange ends with the origin's answer)."""
-    if not end_with_upstream and can_splice(client, upstream):
-        return await _spliced(splice.detach(client), splice.detach(upstream), idle)
-    return await _generic(client, upstream, idle, end_with_upstream)
-
-
-async def _generic(
-    client: ByteStream, upstream: ByteStream, idle: float, end_with_upstream: bool
-) -> RelayResult:
+    """The generic path: relay until both directions have ended (or, with
+    end_with_upstream, until the upstream has finished: a forwarded plain-HTTP exchange
+    ends with the origin's answer)."""
     count = [0, 0]
 
     async def direction(src: ByteStream, dst: ByteStream, index: int, linger: Linger) -> None:
@@ -94,11 +87,6 @@ async def _generic(
         idle,
         end_with_upstream,
     )
-
-
-async def _spliced(client: splice.Leg, upstream: splice.Leg, idle: float) -> RelayResult:
-    done = await splice.relay(client, upstream, idle)
-    return RelayResult(done.up, done.down, done.idle_closed, done.error, spliced=True)
 
 
 Linger = Callable[[], None]

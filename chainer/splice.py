@@ -276,19 +276,5 @@ async def send_pending(a: Leg, b: Leg) -> tuple[int, int]:
     return len(a.pending), len(b.pending)
 
 
-async def relay(a: Leg, b: Leg, idle: float) -> SpliceResult:
-    """Relay two detached legs in this task until the tunnel ends (the sockets are closed
-    on every exit path, cancellation included)."""
-    sent = await send_pending(a, b)
-    done = anyio.Event()
-    tunnel = Tunnel(a, b, idle, lambda _result: done.set(), sent)
-    try:
-        tunnel.start()
-        await done.wait()
-    finally:
-        tunnel.abort("cancelled")
-    return tunnel.result
-
-
 def _why(exc: OSError) -> str:
     return os.strerror(exc.errno).lower() if exc.errno else type(exc).__name__

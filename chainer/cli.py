@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import anyio
 
 from .config import load_config
-from .duration import parse_duration
 from .errors import BadTarget, ConfigErrors
-from .logs import setup_logging
 from .models import Config
-from .run import run_server
+from .server.logs import setup_logging
+from .server.run import run_server
+from .text import parse_duration
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -109,7 +109,7 @@ def _error(message: object) -> None:
 
 
 def _explain(config: Config, destination: str, live: bool, as_json: bool) -> int:
-    from .explain import LiveUnavailable, explain, fetch_hops_view, render_json, render_text
+    from .ops.explain import LiveUnavailable, explain, fetch_hops_view, render_json, render_text
 
     health = None
     if live:
@@ -134,8 +134,8 @@ def _explain(config: Config, destination: str, live: bool, as_json: bool) -> int
 
 
 def _check(config: Config, selector: str | None, target_text: str | None, as_json: bool) -> int:
-    from .check import ProbeResult, UnknownSelector, check, render_json, render_table
-    from .explain import parse_destination
+    from .ops.check import ProbeResult, UnknownSelector, check, render_json, render_table
+    from .ops.explain import parse_destination
 
     try:
         target = parse_destination(target_text)[0] if target_text else None
@@ -163,7 +163,7 @@ def _check(config: Config, selector: str | None, target_text: str | None, as_jso
 
 
 def _demo() -> int:
-    from .demo import run_demo
+    from .ops.demo import run_demo
 
     try:
         ok = anyio.run(run_demo, sys.stdout)

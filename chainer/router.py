@@ -7,13 +7,13 @@ import os
 from anyio.abc import ByteStream
 
 from .config import load_config
-from .dialer import Dialed, Dialer
 from .errors import Refused
-from .health import Health
-from .hops import Screen
 from .models import Address, Config
-from .routing import Match, RouteTable
-from .target import normalize_host, parse_port
+from .outbound.connectors import Screen
+from .outbound.dialer import Dialed, Dialer
+from .outbound.health import Health
+from .routing.table import Match, RouteTable
+from .routing.target import normalize_host, parse_port
 
 
 class Router:

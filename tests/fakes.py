@@ -233,7 +233,7 @@ async def running_chainer(
     Listener ports written as 0 are chosen by the kernel."""
     from chainer.config import load_config
     from chainer.router import Router
-    from chainer.server import Server
+    from chainer.server.server import Server
 
     path = tmp_path / name
     path.write_text(yaml_text)

@@ -16,13 +16,13 @@ import pytest
 from anyio.abc import ByteStream
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from chainer import admin
-from chainer.admin import AdminView, hops_json, routes_json, serve_admin
 from chainer.config import parse_config
 from chainer.errors import HopError
-from chainer.health import Health
-from chainer.metrics import Metrics
 from chainer.models import Address, Config, Proxy
+from chainer.outbound.health import Health
+from chainer.server import admin
+from chainer.server.admin import AdminView, hops_json, routes_json, serve_admin
+from chainer.server.metrics import Metrics
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,9 @@ import pytest
 from anyio.abc import TaskGroup
 from fakes import start_echo, start_hop, task_group
 
-from chainer.check import (
+from chainer.config import parse_config
+from chainer.models import Address, Config
+from chainer.ops.check import (
     NOT_REACHED,
     CheckReport,
     ProbeResult,
@@ -24,8 +26,6 @@ from chainer.check import (
     render_table,
     select_chains,
 )
-from chainer.config import parse_config
-from chainer.models import Address, Config
 
 pytestmark = pytest.mark.anyio
 

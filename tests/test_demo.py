@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from chainer.demo import ORIGIN_BODY, run_demo
+from chainer.ops.demo import ORIGIN_BODY, run_demo
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +58,7 @@ async def test_demo_leaves_logging_as_it_found_it() -> None:
 
 def test_demo_in_a_fresh_interpreter() -> None:
     code = (
-        "import anyio, io, sys; from chainer.demo import run_demo; "
+        "import anyio, io, sys; from chainer.ops.demo import run_demo; "
         "sys.exit(0 if anyio.run(run_demo, sys.stdout) else 1)"
     )
     proc = subprocess.run(

@@ -13,9 +13,9 @@ import anyio
 import pytest
 from fakes import FakeHop, start_echo, start_hop, task_group
 
-from chainer.dialer import Dialer
 from chainer.errors import ChainFailed, HopError, Refused
 from chainer.models import DIRECT, REJECT, Address, HopGroup, Proxy, Timeouts, Via
+from chainer.outbound.dialer import Dialer
 
 pytestmark = pytest.mark.anyio
 

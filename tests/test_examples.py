@@ -9,7 +9,7 @@ import pytest
 
 from chainer.config import load_config
 from chainer.models import Address
-from chainer.routing import RouteTable
+from chainer.routing.table import RouteTable
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

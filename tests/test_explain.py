@@ -14,7 +14,8 @@ from fakes import free_port
 
 from chainer.config import parse_config
 from chainer.errors import BadTarget
-from chainer.explain import (
+from chainer.models import Address, Config
+from chainer.ops.explain import (
     HopsView,
     LiveHealthView,
     LiveUnavailable,
@@ -24,8 +25,7 @@ from chainer.explain import (
     render_json,
     render_text,
 )
-from chainer.health import Health
-from chainer.models import Address, Config
+from chainer.outbound.health import Health
 
 YAML = """\
 defaults:

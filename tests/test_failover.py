@@ -12,10 +12,10 @@ import anyio
 import pytest
 from fakes import FakeHop, free_port, running_chainer, start_echo, start_hop, task_group
 
-from chainer.dialer import Dialer
 from chainer.errors import ChainFailed
-from chainer.health import Breaker, Health
 from chainer.models import Address, HopGroup, Proxy, Timeouts, Via
+from chainer.outbound.dialer import Dialer
+from chainer.outbound.health import Breaker, Health
 
 FAST = Timeouts(connect=1.0, handshake=0.5, idle=5.0, deadline=5.0)
 
@@ -479,8 +479,8 @@ async def test_a_silent_inner_hop_is_blamed_when_nothing_is_reached_through_it()
 
 @pytest.mark.anyio
 async def test_running_out_of_attempts_moves_on_to_the_fallback() -> None:
-    from chainer.dialer import MAX_ATTEMPTS
     from chainer.models import DIRECT
+    from chainer.outbound.dialer import MAX_ATTEMPTS
 
     async with task_group() as tg:
         echo = await start_echo(tg)

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chainer.errors import BadTarget
-from chainer.inbound import (
+from chainer.inbound.http import (
     ClientError,
     ClientGone,
     HttpInbound,
@@ -50,7 +50,7 @@ from chainer.proto.socks_server import (
     Socks5Server,
 )
 from chainer.proto.socks_server import Request as Socks5Request
-from chainer.target import normalize_host, parse_authority
+from chainer.routing.target import normalize_host, parse_authority
 
 FAST = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -253,7 +253,7 @@ def test_signals_are_not_needed_for_a_clean_exit_code(tmp_path: Path, run: list[
 def test_reload_keeps_health_of_unchanged_hops_only(tmp_path: Path) -> None:
     from chainer.config import parse_config
     from chainer.router import Router
-    from chainer.server import Server
+    from chainer.server.server import Server
 
     def table_with(b_port: int) -> str:
         return (

@@ -7,9 +7,9 @@ import pytest
 
 from chainer.errors import Refused
 from chainer.models import Address, Listener, Policy
-from chainer.policy import Guard
 from chainer.proto.request import check_request_head, find_head_end
-from chainer.routing import compile_pattern
+from chainer.routing.policy import Guard
+from chainer.routing.table import compile_pattern
 
 LOOPBACK = Listener(Address("127.0.0.1", 8080))
 EXPOSED = Listener(Address("0.0.0.0", 8080), open=True)

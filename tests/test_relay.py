@@ -16,7 +16,8 @@ import pytest
 from fakes import _serve as serve_and_close
 from fakes import free_port, running_chainer, start_echo, start_hop, task_group
 
-from chainer import relay, splice
+from chainer.relay import generic as relay
+from chainer.relay import splice
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer.models import DIRECT, REJECT, Address, Pattern, Route
-from chainer.routing import Match, RouteTable, compile_pattern, pattern_matches
+from chainer.routing.table import Match, RouteTable, compile_pattern, pattern_matches
 
 
 def matches(pattern: str, host: str, port: int = 443) -> bool:

@@ -45,7 +45,7 @@ def anyio_backend() -> str:
 def open_fds() -> int:
     """Open descriptors, less the empty pipes the splice relay keeps pooled for reuse
     (bounded by design; not a leak)."""
-    from chainer import splice
+    from chainer.relay import splice
 
     return len(os.listdir("/proc/self/fd")) - 2 * len(splice.PIPES.free)
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 
-from ..duration import parse_duration
 from ..errors import ConfigError, ConfigErrors
 from ..models import Config
+from ..text import parse_duration
 from ._parser import _Parser
 
 __all__ = ["load_config", "parse_config", "parse_duration"]

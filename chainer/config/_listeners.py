@@ -12,7 +12,7 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from ..errors import BadTarget
 from ..models import Address, Listener, TLSFiles
-from ..target import parse_authority
+from ..routing.target import parse_authority
 from ._yaml import _is_null, _q, _Reader
 
 _LISTEN_KEYS = ("address", "tls", "auth", "allow", "open")

@@ -11,7 +11,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from ..errors import BadTarget
 from ..models import Address, Proxy, Scheme, Timeouts
-from ..target import normalize_host
+from ..routing.target import normalize_host
 from ._urls import _parse_url, _ParsedURL
 from ._yaml import _Entries, _is_null, _q, _Reader, _what
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from ..models import DIRECT, REJECT, HopGroup, Pattern, Route, Via
-from ..routing import compile_pattern
+from ..routing.table import compile_pattern
 from ._chains import _Chains
 from ._yaml import _did_you_mean, _is_null, _q, _what
 

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 from ..errors import BadTarget
 from ..models import DEFAULT_PORTS, SCHEMES, Address, Scheme
-from ..target import parse_authority
+from ..routing.target import parse_authority
 from ._yaml import _q
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")

@@ -22,12 +22,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from .dialer import fmt_seconds
-from .errors import ChainerError
-from .health import Health
-from .models import Address, Config, Proxy, Via
-from .routing import RouteTable
-from .target import parse_authority
+from ..errors import ChainerError
+from ..models import Address, Config, Proxy, Via
+from ..outbound.dialer import fmt_seconds
+from ..outbound.health import Health
+from ..routing.table import RouteTable
+from ..routing.target import parse_authority
 
 __all__ = [
     "CandidateView",

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dialer import HopTrace
-from .models import Address
+from ..models import Address
+from ..outbound.dialer import HopTrace
 
 conn_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("conn_id", default=None)
 access_log = logging.getLogger("chainer.access")

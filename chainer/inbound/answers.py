@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import BadTarget, ChainerError, ChainFailed, HopError, Refused
-from .proto import socks_codes as codes
+from ..errors import BadTarget, ChainerError, ChainFailed, HopError, Refused
+from ..proto import socks_codes as codes
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,7 @@ from typing import TypeVar
 import anyio
 from anyio.abc import ByteStream
 
-from . import hops
-from .errors import (
+from ..errors import (
     ChainerError,
     ChainFailed,
     HopAnswer,
@@ -48,8 +47,9 @@ from .errors import (
     HopUnreachable,
     Refused,
 )
+from ..models import Address, Proxy, Timeouts, Via
+from . import connectors as hops
 from .health import Health
-from .models import Address, Proxy, Timeouts, Via
 
 T = TypeVar("T")
 

@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 import anyio
 
-from .dialer import Dialer
-from .errors import ChainerError, ChainFailed, HopError
-from .models import Address, Config, HopGroup, Proxy, Via
+from ..errors import ChainerError, ChainFailed, HopError
+from ..models import Address, Config, HopGroup, Proxy, Via
+from ..outbound.dialer import Dialer
 
 __all__ = [
     "ChainReport",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .models import Address, Pattern, Route
+from ..models import Address, Pattern, Route
 from .target import normalize_host, parse_port
 
 __all__ = ["Match", "RouteTable", "compile_pattern", "pattern_matches"]

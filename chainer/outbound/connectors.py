@@ -18,10 +18,10 @@ import anyio
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
-from .errors import HopAnswer, HopClosed, HopProtocolError
-from .models import Address, Proxy
-from .proto import socks_codes as codes
-from .proto.http import (
+from ..errors import HopAnswer, HopClosed, HopProtocolError
+from ..models import Address, Proxy
+from ..proto import socks_codes as codes
+from ..proto.http import (
     NEED_DATA,
     ConnectResponseReader,
     Established,
@@ -30,9 +30,9 @@ from .proto.http import (
     basic_authorization,
     connect_request,
 )
-from .proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, Socks5Client
-from .sockstream import connect_ip
-from .streams import with_prefix
+from ..proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, Socks5Client
+from ..relay.sockstream import connect_ip
+from ..relay.streams import with_prefix
 
 _DENIED = {401, 403, 407}
 _UNREACHABLE = {404, 502, 503}

@@ -16,11 +16,11 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
+from ..config import load_config
+from ..errors import ConfigErrors
+from ..models import Config
+from ..router import Router
 from .admin import AdminView, serve_admin
-from .config import load_config
-from .errors import ConfigErrors
-from .models import Config
-from .router import Router
 from .server import Server
 
 log = logging.getLogger("chainer")

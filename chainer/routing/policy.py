@@ -18,9 +18,9 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import Refused
-from .models import Address, Listener, Policy
-from .routing import pattern_matches
+from ..errors import Refused
+from ..models import Address, Listener, Policy
+from .table import pattern_matches
 
 _PROTECTED = tuple(
     ipaddress.ip_network(n)

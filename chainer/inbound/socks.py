@@ -13,13 +13,11 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import ByteStream
 
-from .answers import Failure
-from .errors import BadTarget
-from .inbound import ClientError, Request, check_user, send_quietly
-from .models import Address
-from .proto import socks_codes as codes
-from .proto.http import NEED_DATA, ProtocolError
-from .proto.socks_server import (
+from ..errors import BadTarget
+from ..models import Address
+from ..proto import socks_codes as codes
+from ..proto.http import NEED_DATA, ProtocolError
+from ..proto.socks_server import (
     BadRequest,
     Credentials,
     Failed,
@@ -27,10 +25,12 @@ from .proto.socks_server import (
     Socks4Server,
     Socks5Server,
 )
-from .proto.socks_server import Request as Request5
-from .proto.socks_server import Send as Send5
-from .streams import with_prefix
-from .target import normalize_host
+from ..proto.socks_server import Request as Request5
+from ..proto.socks_server import Send as Send5
+from ..relay.streams import with_prefix
+from ..routing.target import normalize_host
+from .answers import Failure
+from .http import ClientError, Request, check_user, send_quietly
 
 
 def open_socks(

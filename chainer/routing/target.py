@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from .errors import BadTarget
-from .models import Address
+from ..errors import BadTarget
+from ..models import Address
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 # What inet_aton would read as an address: dotted parts of decimal, octal or 0x-hex.

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .models import HopGroup, Proxy
+from ..models import HopGroup, Proxy
 
 log = logging.getLogger("chainer.health")
 

@@ -21,13 +21,13 @@ import anyio
 import h11
 from anyio.abc import ByteStream
 
+from ..errors import BadTarget, ChainerError
+from ..models import Address, Limits
+from ..proto.forward import LAST_CHUNK, encode_chunk, forward_request
+from ..proto.request import check_request_head, find_head_end
+from ..relay.streams import with_prefix
+from ..routing.target import normalize_host, parse_authority
 from .answers import Failure
-from .errors import BadTarget, ChainerError
-from .models import Address, Limits
-from .proto.forward import LAST_CHUNK, encode_chunk, forward_request
-from .proto.request import check_request_head, find_head_end
-from .streams import with_prefix
-from .target import normalize_host, parse_authority
 
 MAX_HEAD = 16384
 _DEFAULT_LIMITS = Limits()
@@ -134,7 +134,7 @@ def open_inbound(
         inbound.feed(first)
         return inbound
     if kind in ("socks5", "socks4"):
-        from .inbound_socks import open_socks
+        from .socks import open_socks
 
         return open_socks(kind, stream, users, first)
     return None

@@ -19,12 +19,9 @@ from anyio.abc import (
 )
 from anyio.streams.tls import TLSStream
 
-from . import relay as relay_mod
-from . import sockstream, splice
-from .answers import failure_for
-from .dialer import Dialed
-from .errors import ChainFailed, Refused, describe_attempts
-from .inbound import (
+from ..errors import ChainFailed, Refused, describe_attempts
+from ..inbound.answers import failure_for
+from ..inbound.http import (
     ClientError,
     ClientGone,
     HttpInbound,
@@ -35,16 +32,19 @@ from .inbound import (
     open_inbound,
     send_quietly,
 )
+from ..models import Address, Config, HttpOptions, Listener, Proxy, Route
+from ..outbound.dialer import Dialed
+from ..proto.forward import proxy_form
+from ..proto.http import basic_authorization
+from ..relay import generic as relay_mod
+from ..relay import sockstream, splice
+from ..relay.generic import relay
+from ..relay.sockstream import SockStream
+from ..relay.streams import PrefixedStream
+from ..router import Router
+from ..routing.policy import Guard
 from .logs import ConnRecord, conn_id
 from .metrics import Metrics
-from .models import Address, Config, HttpOptions, Listener, Proxy, Route
-from .policy import Guard
-from .proto.forward import proxy_form
-from .proto.http import basic_authorization
-from .relay import relay
-from .router import Router
-from .sockstream import SockStream
-from .streams import PrefixedStream
 
 log = logging.getLogger("chainer")
 

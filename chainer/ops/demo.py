@@ -11,7 +11,7 @@ one through the router's own listening port (the server path, which logs an acce
 line). Every port is ephemeral and on loopback; everything is torn down at the end.
 
 Only chainer's runtime dependencies are used. The TLS certificates (a demo CA and a leaf
-for localhost/127.0.0.1/::1) are shipped ready-made in `chainer/demo_certs/`: they are
+for localhost/127.0.0.1/::1) are shipped ready-made in `chainer/ops/demo_certs/`: they are
 public and good for this demo only.
 """
 
@@ -32,12 +32,12 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskGroup
 from anyio.abc import Listener as AnyioListener
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from .config import parse_config
-from .errors import ChainerError
-from .models import Address, Config
-from .router import Router
-from .server import Server
-from .streams import with_prefix
+from ..config import parse_config
+from ..errors import ChainerError
+from ..models import Address, Config
+from ..relay.streams import with_prefix
+from ..router import Router
+from ..server.server import Server
 
 __all__ = ["ORIGIN_BODY", "ORIGIN_HOST", "run_demo"]
 
@@ -231,7 +231,7 @@ def _report(say: Say, answer: _Answer) -> None:
 
 def _install_certs(tmp: Path) -> str:
     """Copy the shipped demo certificates into `tmp`; returns the CA (PEM text)."""
-    certs = resources.files("chainer") / "demo_certs"
+    certs = resources.files("chainer.ops") / "demo_certs"
     for name in CERT_FILES:
         (tmp / name).write_bytes((certs / name).read_bytes())
     return (tmp / "ca.pem").read_text(encoding="ascii")

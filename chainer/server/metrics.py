@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import HopError
-from .health import Health
+from ..errors import HopError
+from ..outbound.health import Health
 
 _STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 _SETUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -1,14 +1,31 @@
-"""Durations as written in routes.yaml: `250ms`, `5s`, `2m`, `1h`, or bare seconds."""
+"""Small text helpers every layer shares: durations (parsed and shown), milliseconds,
+the words for a transport error, and text made safe to print.
+
+Nothing here does I/O; it sits below every other module of chainer.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import socket
 
-__all__ = ["parse_duration"]
+__all__ = [
+    "READ_SIZE",
+    "fmt_ms",
+    "fmt_seconds",
+    "parse_duration",
+    "printable",
+    "transport_reason",
+]
+
+# One receive() while reading a request or a hop's answer: larger than any head we accept.
+READ_SIZE = 65536
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_duration(value: object) -> float:
@@ -35,3 +52,46 @@ def parse_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
+
+
+def fmt_seconds(seconds: float) -> str:
+    """A duration the way routes.yaml writes one: 250ms, 5s, 2m."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:g}s" if seconds < 120 else f"{seconds / 60:g}m"
+
+
+def fmt_ms(seconds: float | None, *, missing: str = "") -> str:
+    """Milliseconds with one decimal below 10 ms, whole above; `missing` for None."""
+    if seconds is None:
+        return missing
+    ms = seconds * 1000
+    return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
+
+
+def printable(text: str) -> str:
+    """Text from elsewhere (a client, an upstream's answer) with every control character
+    replaced by '?', so it can never start a new log line or move a terminal's cursor."""
+    return _UNPRINTABLE.sub("?", text)
+
+
+def transport_reason(exc: BaseException) -> str:
+    """A failed socket operation in a few words: `connection refused`, `connection reset`,
+    `name not resolved (...)`. Follows chained OSErrors to the one that says most."""
+    # Imported here: anyio is a dependency of every layer but this module's callers at the
+    # bottom (config, proto helpers) must not need it just to format a duration.
+    import anyio
+
+    if isinstance(exc, anyio.EndOfStream):
+        return "connection closed"
+    if isinstance(exc, anyio.BrokenResourceError):
+        return "connection reset"
+    while exc.__cause__ is not None and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
+    if isinstance(exc, socket.gaierror):
+        return f"name not resolved ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chainer.errors import BadTarget
-from chainer.inbound.http import (
+from chainer.inbound import (
     ClientError,
     ClientGone,
     HttpInbound,

@@ -1,0 +1,21 @@
+"""The server side of a client's request: which protocol (sniff), what it asks for (http,
+socks), and what it is told when the request cannot be served (answers)."""
+
+from .answers import Failure, error_response, failure_for
+from .base import ClientError, ClientGone, Inbound, Request, send_quietly
+from .http import HttpInbound
+from .sniff import first_byte_kind, open_inbound
+
+__all__ = [
+    "ClientError",
+    "ClientGone",
+    "Failure",
+    "HttpInbound",
+    "Inbound",
+    "Request",
+    "error_response",
+    "failure_for",
+    "first_byte_kind",
+    "open_inbound",
+    "send_quietly",
+]

@@ -8,8 +8,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["Failure", "error_response", "failure_for", "proxy_status_value"]
+
 from ..errors import BadTarget, ChainerError, ChainFailed, HopError, Refused
 from ..proto import socks_codes as codes
+
+_REASONS = {
+    200: "Connection established",
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    414: "URI Too Long",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    proxy_status: str | None = None,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """A complete HTTP/1.1 error answer that closes the connection."""
+    body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
+    if proxy_status:
+        lines.append(f"Proxy-Status: {proxy_status}")
+    lines.extend(f"{k}: {v}" for k, v in extra)
+    lines += [
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,143 +1,34 @@
-"""The server side of a client's request: which protocol, which destination, and answers.
+"""The server side of a client speaking HTTP/1.1 to us.
 
-The first byte picks the protocol: 0x16 is TLS (where the listener has a certificate),
-0x05 and 0x04 are SOCKS, a token character begins an HTTP request, anything else is
-answered 400 at once. HTTP requests are parsed by h11: `CONNECT host:port` asks for a
-tunnel, an absolute-form `GET http://host/...` is forwarded through the same route.
-Bytes a client sends after its request and before our answer stay buffered and are
-delivered once the chain is up.
+Requests are parsed by h11, after a strict check of the whole head: `CONNECT host:port`
+asks for a tunnel, an absolute-form `GET http://host/...` is forwarded through the same
+route. Bytes a client sends after its request and before our answer stay buffered and
+are delivered once the chain is up.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import anyio
 import h11
 from anyio.abc import ByteStream
 
-from ..errors import BadTarget, ChainerError
+from ..errors import BadTarget
 from ..models import Address, Limits
 from ..proto.forward import LAST_CHUNK, encode_chunk, forward_request
 from ..proto.request import check_request_head, find_head_end
 from ..relay.streams import with_prefix
 from ..routing.target import normalize_host, parse_authority
-from .answers import Failure
+from .answers import Failure, error_response
+from .base import ClientError, ClientGone, Request, check_user, send_quietly
 
 MAX_HEAD = 16384
 _DEFAULT_LIMITS = Limits()
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_REASONS = {
-    200: "Connection established",
-    400: "Bad Request",
-    403: "Forbidden",
-    405: "Method Not Allowed",
-    414: "URI Too Long",
-    407: "Proxy Authentication Required",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-
-
-class ClientError(ChainerError):
-    """The client's request cannot be served; answer `status` and close."""
-
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
-        self.status = status
-        self.message = message
-        self.headers = headers
-        super().__init__(message)
-
-
-class ClientGone(ChainerError):
-    """The client closed before finishing its request."""
-
-
-def first_byte_kind(first: int) -> Literal["tls", "socks5", "socks4", "http", "garbage"]:
-    if first == 0x16:
-        return "tls"
-    if first == 0x05:
-        return "socks5"
-    if first == 0x04:
-        return "socks4"
-    if first in _TOKEN:
-        return "http"
-    return "garbage"
-
-
-def error_response(
-    status: int,
-    message: str,
-    *,
-    proxy_status: str | None = None,
-    extra: tuple[tuple[str, str], ...] = (),
-) -> bytes:
-    """A complete HTTP/1.1 error answer that closes the connection."""
-    body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
-    if proxy_status:
-        lines.append(f"Proxy-Status: {proxy_status}")
-    lines.extend(f"{k}: {v}" for k, v in extra)
-    lines += [
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
-
-
-@dataclass(slots=True)
-class Request:
-    """What a client asked for, whatever protocol it spoke."""
-
-    kind: Literal["connect", "forward"]
-    target: Address
-    head: bytes = b""  # forward: the rewritten request head for the origin
-    chunked: bool = False
-    user: str | None = None
-
-
-class Inbound(Protocol):
-    """The server side of one client's protocol, as the per-connection flow sees it."""
-
-    async def read_request(self) -> Request: ...
-
-    async def reject(self, error: ClientError) -> None:
-        """Answer a request that could not be understood or accepted, then close."""
-
-    async def refuse(self, failure: Failure) -> None:
-        """Answer a request that routing or the chain could not serve."""
-
-    async def established(self) -> ByteStream:
-        """Tell the client its tunnel is up; its stream, early bytes first."""
-
-
-def open_inbound(
-    kind: str,
-    stream: ByteStream,
-    users: Mapping[str, str],
-    first: bytes,
-    limits: Limits = _DEFAULT_LIMITS,
-) -> Inbound | None:
-    """The inbound for a first byte of `kind`; None when no protocol begins that way."""
-    if kind == "http":
-        inbound = HttpInbound(stream, users, limits)
-        inbound.feed(first)
-        return inbound
-    if kind in ("socks5", "socks4"):
-        from .socks import open_socks
-
-        return open_socks(kind, stream, users, first)
-    return None
 
 
 @dataclass(eq=False)
@@ -267,14 +158,6 @@ class HttpInbound:
         return _ForwardStream(self, chunked)
 
 
-async def send_quietly(stream: ByteStream, data: bytes) -> None:
-    """Send a last answer to a client that may already be gone."""
-    try:
-        await stream.send(data)
-    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
-
-
 def _check_basic(value: bytes, users: Mapping[str, str]) -> str | None:
     scheme, _, token = value.partition(b" ")
     if scheme.lower() != b"basic":
@@ -287,18 +170,6 @@ def _check_basic(value: bytes, users: Mapping[str, str]) -> str | None:
     if not sep:
         return None
     return check_user(users, user, password)
-
-
-def check_user(users: Mapping[str, str], username: str, password: str) -> str | None:
-    """The user these credentials belong to. Every user is compared, in constant time,
-    so timing says nothing about which names exist."""
-    found = None
-    for name, secret in users.items():
-        ok_name = hmac.compare_digest(name.encode(), username.encode())
-        ok_pass = hmac.compare_digest(secret.encode(), password.encode())
-        if ok_name and ok_pass:
-            found = name
-    return found
 
 
 @dataclass(eq=False)

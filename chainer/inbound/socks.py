@@ -30,7 +30,7 @@ from ..proto.socks_server import Send as Send5
 from ..relay.streams import with_prefix
 from ..routing.target import normalize_host
 from .answers import Failure
-from .http import ClientError, Request, check_user, send_quietly
+from .base import ClientError, Request, check_user, send_quietly
 
 
 def open_socks(

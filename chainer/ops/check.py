@@ -28,6 +28,7 @@ import anyio
 from ..errors import ChainerError, ChainFailed, HopError
 from ..models import Address, Config, HopGroup, Proxy, Via
 from ..outbound.dialer import Dialer
+from ..text import printable
 
 __all__ = [
     "ChainReport",
@@ -44,7 +45,6 @@ Outcome = Literal["ok", "failed", "timeout", "skipped"]
 NOT_REACHED = "not reached (no working hop before it)"
 CONCURRENCY = 4
 _ROUTE_LABEL = re.compile(r"^routes\[([0-9]+)\]$")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UnknownSelector(ChainerError, ValueError):
@@ -296,11 +296,6 @@ class _ChainCheck:
 # -- rendering ----------------------------------------------------------------------------
 
 
-def _clean(text: str) -> str:
-    """An upstream's own words may hold control characters: never print them raw."""
-    return _UNPRINTABLE.sub("?", text)
-
-
 def _ms(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds * 1000:.1f}"
 
@@ -319,7 +314,7 @@ def render_table(report: CheckReport) -> str:
             " > ".join(r.path) if r.path else "-",
             "not reached" if r.outcome == "skipped" else r.outcome,
             _ms(r.latency),
-            "" if r.outcome == "skipped" else _clean(r.error),
+            "" if r.outcome == "skipped" else printable(r.error),
         )
         for r in report.results
     ]
@@ -337,7 +332,7 @@ def render_table(report: CheckReport) -> str:
         if c.ok:
             lines.append(f"{c.name}: ok via {' > '.join(c.working)}{used}")
         else:
-            lines.append(f"{c.name}: CANNOT BE BUILT: {_clean(c.problem)}{used}")
+            lines.append(f"{c.name}: CANNOT BE BUILT: {printable(c.problem)}{used}")
     broken = sum(not c.ok for c in report.chains)
     total = len(report.chains)
     lines.append(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -24,10 +23,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..errors import ChainerError
 from ..models import Address, Config, Proxy, Via
-from ..outbound.dialer import fmt_seconds
 from ..outbound.health import Health
 from ..routing.table import RouteTable
 from ..routing.target import parse_authority
+from ..text import fmt_ms, fmt_seconds, printable
 
 __all__ = [
     "CandidateView",
@@ -50,7 +49,6 @@ __all__ = [
 DEFAULT_PORT = 443
 ViaForm = Literal["chain", "inline", "proxy", "direct", "reject"]
 Where = Literal["last_hop", "here", "nothing", "cannot", "nowhere"]
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")  # a remote's words are never printed raw
 _NAME_COLUMN = 4 + 6 + 1 + 11 + 1  # indent, "hop N", strategy: where candidate names start
 
 
@@ -353,13 +351,6 @@ def _note(closes_in: float | None, reason: str) -> str:
     return "; ".join(parts)
 
 
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "not measured"
-    ms = seconds * 1000
-    return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
-
-
 def _via_title(v: ViaView) -> str:
     if v.form in ("direct", "reject"):
         return v.form
@@ -442,10 +433,10 @@ def render_text(e: Explanation) -> str:
                 )
                 for edge in c.edges:
                     source = edge.source or "this machine"
-                    note = f" ({_UNPRINTABLE.sub('?', edge.note)})" if edge.note else ""
+                    note = f" ({printable(edge.note)})" if edge.note else ""
                     lines.append(
                         f"{'':<{_NAME_COLUMN + 2}}from {source}: {edge.state}, "
-                        f"{_ms(edge.latency)}{note}"
+                        f"{fmt_ms(edge.latency, missing='not measured')}{note}"
                     )
         lines.append(f"    {'resolve':<10} {_resolution_text(v)}")
     return "\n".join(lines) + "\n"

@@ -26,7 +26,6 @@ Every failure is kept, in order, for the client's error and the log line.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +47,7 @@ from ..errors import (
     Refused,
 )
 from ..models import Address, Proxy, Timeouts, Via
+from ..text import fmt_seconds, transport_reason
 from . import connectors as hops
 from .health import Health
 
@@ -137,12 +137,6 @@ class _Run:
         return error
 
 
-def fmt_seconds(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    return f"{seconds:g}s" if seconds < 120 else f"{seconds / 60:g}m"
-
-
 Limit = tuple[float, Callable[[], ChainerError]]
 
 
@@ -152,22 +146,6 @@ async def _bounded(limits: Sequence[Limit], fn: Callable[[], Awaitable[T]]) -> T
     with anyio.CancelScope(deadline=at):
         return await fn()
     raise make_error()
-
-
-def _transport_reason(exc: BaseException) -> str:
-    if isinstance(exc, anyio.EndOfStream):
-        return "connection closed"
-    if isinstance(exc, anyio.BrokenResourceError):
-        return "connection reset"
-    while exc.__cause__ is not None and isinstance(exc.__cause__, OSError):
-        exc = exc.__cause__
-    if isinstance(exc, socket.gaierror):
-        return f"name not resolved ({exc.strerror or exc})"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno).lower()
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
 
 
 def _connect_status(exc: BaseException) -> str:
@@ -264,7 +242,7 @@ class Dialer:
                     0,
                     "direct",
                     "connect",
-                    f"{target}: {_transport_reason(exc)}",
+                    f"{target}: {transport_reason(exc)}",
                     proxy_status=_connect_status(exc),
                 )
             ) from None
@@ -500,7 +478,7 @@ class Dialer:
                             index,
                             proxy.name,
                             "connect",
-                            f"{proxy.describe()}: {_transport_reason(exc)}",
+                            f"{proxy.describe()}: {transport_reason(exc)}",
                             proxy_status=_connect_status(exc),
                         )
                     ) from None
@@ -554,7 +532,7 @@ class Dialer:
                     index,
                     proxy.name,
                     "tls",
-                    f"TLS failed: {_transport_reason(exc)}",
+                    f"TLS failed: {transport_reason(exc)}",
                     proxy_status="tls_protocol_error",
                 )
             ) from None
@@ -661,7 +639,7 @@ class Dialer:
                         index,
                         hop.name,
                         "handshake",
-                        f"{_transport_reason(exc)} before it answered",
+                        f"{transport_reason(exc)} before it answered",
                         proxy_status="connection_terminated",
                     )
                 ) from None

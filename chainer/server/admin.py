@@ -23,7 +23,7 @@ import h11
 from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from ..inbound.http import error_response, first_byte_kind
+from ..inbound import error_response, first_byte_kind
 from ..models import Address, Config, HopGroup, Proxy, Via
 from ..outbound.health import Health
 

@@ -20,14 +20,14 @@ from anyio.abc import (
 from anyio.streams.tls import TLSStream
 
 from ..errors import ChainFailed, Refused, describe_attempts
-from ..inbound.answers import failure_for
-from ..inbound.http import (
+from ..inbound import (
     ClientError,
     ClientGone,
     HttpInbound,
     Inbound,
     Request,
     error_response,
+    failure_for,
     first_byte_kind,
     open_inbound,
     send_quietly,

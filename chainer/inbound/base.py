@@ -1,0 +1,85 @@
+"""What every inbound protocol shares: the request as the connection flow sees it, the
+client errors, and the small helpers for answering and authenticating a client."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import anyio
+from anyio.abc import ByteStream
+
+from ..errors import ChainerError
+from ..models import Address
+from .answers import Failure
+
+__all__ = [
+    "ClientError",
+    "ClientGone",
+    "Inbound",
+    "Request",
+    "check_user",
+    "send_quietly",
+]
+
+
+class ClientError(ChainerError):
+    """The client's request cannot be served; answer `status` and close."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+        self.status = status
+        self.message = message
+        self.headers = headers
+        super().__init__(message)
+
+
+class ClientGone(ChainerError):
+    """The client closed before finishing its request."""
+
+
+@dataclass(slots=True)
+class Request:
+    """What a client asked for, whatever protocol it spoke."""
+
+    kind: Literal["connect", "forward"]
+    target: Address
+    head: bytes = b""  # forward: the rewritten request head for the origin
+    chunked: bool = False
+    user: str | None = None
+
+
+class Inbound(Protocol):
+    """The server side of one client's protocol, as the per-connection flow sees it."""
+
+    async def read_request(self) -> Request: ...
+
+    async def reject(self, error: ClientError) -> None:
+        """Answer a request that could not be understood or accepted, then close."""
+
+    async def refuse(self, failure: Failure) -> None:
+        """Answer a request that routing or the chain could not serve."""
+
+    async def established(self) -> ByteStream:
+        """Tell the client its tunnel is up; its stream, early bytes first."""
+
+
+async def send_quietly(stream: ByteStream, data: bytes) -> None:
+    """Send a last answer to a client that may already be gone."""
+    try:
+        await stream.send(data)
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+def check_user(users: Mapping[str, str], username: str, password: str) -> str | None:
+    """The user these credentials belong to. Every user is compared, in constant time,
+    so timing says nothing about which names exist."""
+    found = None
+    for name, secret in users.items():
+        ok_name = hmac.compare_digest(name.encode(), username.encode())
+        ok_pass = hmac.compare_digest(secret.encode(), password.encode())
+        if ok_name and ok_pass:
+            found = name
+    return found

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 import anyio
 
@@ -28,9 +29,35 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+EXAMPLES = """\
+examples:
+  chainer serve                          serve ./routes.yaml (or $CHAINER_CONFIG)
+  chainer serve -c /etc/chainer/routes.yaml --log-format json
+  chainer validate -c routes.yaml        check a table; errors name file:line: key
+  chainer explain db.lab.corp.example:5432
+                                         which rule, chain and hops it would get
+  chainer check lab --target db.lab.corp.example:5432
+                                         probe chain "lab" hop by hop
+  chainer demo                           a chained topology in one process
+"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("chainer")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chainer", description="A proxy-chaining router.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="chainer",
+        description="A proxy-chaining router: each destination through its own chain of proxies.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"chainer {_version()}")
+    sub = parser.add_subparsers(dest="command")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -43,7 +70,13 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = with_config(sub.add_parser("serve", help="run the router"))
     serve.add_argument("--log-file", help="write logs here instead of stderr")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="debug adds port probes and breaker detail; warning keeps only problems "
+        "(default info: one access line per connection)",
+    )
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
     serve.add_argument(
         "--grace",
@@ -80,21 +113,38 @@ def _load(path: str) -> Config | None:
     except ConfigErrors as exc:
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)
+        if not os.path.exists(path):
+            print(
+                "hint: name the route table with -c FILE or $CHAINER_CONFIG "
+                "(the default is ./routes.yaml)",
+                file=sys.stderr,
+            )
         return None
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """`1 route`, `2 routes`, `0 proxies`."""
+    return f"{count} {word}" if count == 1 else f"{count} {many or word + 's'}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        sys.exit(EXIT_USAGE)
     if args.command == "demo":
         sys.exit(_demo())
     config = _load(args.config)
     if config is None:
         sys.exit(EXIT_USAGE)
     if args.command == "validate":
-        print(
-            f"{args.config}: ok ({len(config.routes)} routes, {len(config.proxies)} proxies, "
-            f"{len(config.chains)} chains)"
+        counts = (
+            f"{plural(len(config.routes), 'route')}, "
+            f"{plural(len(config.proxies), 'proxy', 'proxies')}, "
+            f"{plural(len(config.chains), 'chain')}"
         )
+        print(f"{args.config}: ok ({counts})")
         sys.exit(EXIT_OK)
     if args.command == "explain":
         sys.exit(_explain(config, args.destination, args.live, args.json))

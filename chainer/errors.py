@@ -22,15 +22,18 @@ class ChainerError(Exception):
 class ConfigError(ChainerError):
     """One problem in a config file, located by file, line and key path."""
 
-    def __init__(self, file: str, line: int, path: str, message: str) -> None:
+    def __init__(self, file: str, line: int, path: str, message: str, column: int = 0) -> None:
         self.file = file
         self.line = line
+        self.column = column  # 1-based; given for YAML syntax errors, where it helps most
         self.path = path
         self.message = message
         super().__init__(str(self))
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.line and self.column:
+            where += f":{self.column}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 

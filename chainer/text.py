@@ -24,6 +24,10 @@ __all__ = [
 READ_SIZE = 65536
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?$")
+# Go-style compounds, largest unit first: 1m30s, 1h15m, 2s500ms.
+_COMPOUND = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|h|m|s))+$")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
+_ORDER = {"h": 0, "m": 1, "s": 2, "ms": 3}
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -31,18 +35,26 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 def parse_duration(value: object) -> float:
     """Seconds, > 0 and finite. Raises ValueError with a message naming what was wrong."""
     if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r} (write e.g. 250ms, 5s, 2m, 1h)")
+        raise ValueError(f"not a duration: {value!r} (write e.g. 250ms, 5s, 1m30s, 1h)")
     if isinstance(value, int | float):
         try:
             seconds = float(value)
         except OverflowError:
             raise ValueError("duration too large") from None
     elif isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if m is None:
+        text = value.strip()
+        m = _DURATION.match(text)
+        if m is not None:
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        elif _COMPOUND.match(text):
+            parts = _PART.findall(text)
+            ranks = [_ORDER[unit] for _, unit in parts]
+            if ranks != sorted(set(ranks)):
+                raise ValueError(f"not a duration: {value[:40]!r} (units largest first, once each)")
+            seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+        else:
             shown = repr(value[:40])
-            raise ValueError(f"not a duration: {shown} (write e.g. 250ms, 5s, 2m, 1h)")
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+            raise ValueError(f"not a duration: {shown} (write e.g. 250ms, 5s, 1m30s, 1h)")
     else:
         raise ValueError("a duration must be a number or a string like 5s")
     if math.isnan(seconds):

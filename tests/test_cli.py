@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -121,3 +122,35 @@ def test_serve_reports_a_busy_port(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "address already in use" in done.stderr.lower()
     assert "Traceback" not in done.stderr
+
+
+def test_bare_chainer_prints_help_with_examples_and_exits_2() -> None:
+    done = run()
+    assert done.returncode == 2
+    assert "usage: chainer" in done.stdout
+    assert "examples:" in done.stdout
+    assert "chainer explain" in done.stdout
+
+
+def test_version() -> None:
+    done = run("--version")
+    assert done.returncode == 0
+    assert re.fullmatch(r"chainer [0-9][^ ]*\n", done.stdout), done.stdout
+
+
+def test_a_missing_route_table_says_how_to_name_one(tmp_path: Path) -> None:
+    done = run("validate", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "routes.yaml: cannot read" in done.stderr
+    assert "-c FILE" in done.stderr
+    assert "$CHAINER_CONFIG" in done.stderr
+
+
+def test_validate_counts_in_words(tmp_path: Path) -> None:
+    one = tmp_path / "one.yaml"
+    one.write_text(
+        "proxies: {p: 'http://127.0.0.1:3128'}\nchains: {c: [p]}\nroutes: [{match: '*', via: c}]\n"
+    )
+    done = run("validate", "-c", str(one))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{one}: ok (1 route, 1 proxy, 1 chain)"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -153,7 +154,7 @@ ERROR_CASES = [
     ("- a\n- b\n", ["routes.yaml:1: expected a mapping, got a list"]),
     (
         MINIMAL + "---\nroutes: []\n",
-        ["routes.yaml:3: expected a single document in the stream but found another document"],
+        ["routes.yaml:3:1: expected a single document in the stream but found another document"],
     ),
     (
         "routes:\n  - {match: !!binary aGk=, via: direct}\n",
@@ -161,11 +162,11 @@ ERROR_CASES = [
     ),
     (
         "routes: [\n",
-        ["routes.yaml:2: expected the node content, but found '<stream end>'"],
+        ["routes.yaml:2:1: expected the node content, but found '<stream end>'"],
     ),
     (
         "routes:\n  - via: direct\n    match: *.lab.example\n",
-        ['routes.yaml:3: bad alias: quote a value that starts with *, as in "*.example.com"'],
+        ['routes.yaml:3:13: bad alias: quote a value that starts with *, as in "*.example.com"'],
     ),
     ("listen: 127.0.0.1:8080\n", ["routes.yaml: no routes: every destination would be refused"]),
     ("routes: []\n", ["routes.yaml:1: routes: no routes: every destination would be refused"]),
@@ -179,7 +180,10 @@ ERROR_CASES = [
     ),
     (
         MINIMAL + "defaults:\n  deadline: soon\n",
-        ["routes.yaml:4: defaults.deadline: not a duration: 'soon' (write e.g. 250ms, 5s, 2m, 1h)"],
+        [
+            "routes.yaml:4: defaults.deadline: not a duration: 'soon' "
+            "(write e.g. 250ms, 5s, 1m30s, 1h)"
+        ],
     ),
     (
         MINIMAL + "defaults:\n  idle_timeout: 0\n",
@@ -271,7 +275,7 @@ ERROR_CASES = [
         "  - {match: '*', via: p}\n",
         [
             "routes.yaml:4: proxies.p.handshake_timeout: not a duration: '1d'"
-            " (write e.g. 250ms, 5s, 2m, 1h)"
+            " (write e.g. 250ms, 5s, 1m30s, 1h)"
         ],
     ),
     (
@@ -281,7 +285,7 @@ ERROR_CASES = [
             'routes.yaml:2: proxies.p.url: unknown scheme "ftp" in "ftp://p.example"'
             " (expected http, https, socks5, socks5h, socks4, socks4a)",
             "routes.yaml:2: proxies.p.connect_timeout: not a duration: 'never'"
-            " (write e.g. 250ms, 5s, 2m, 1h)",
+            " (write e.g. 250ms, 5s, 1m30s, 1h)",
             'routes.yaml:2: proxies.p.sni: expected a DNS name, not an IP address: "10.0.0.1"',
         ],
     ),
@@ -382,7 +386,24 @@ def test_error_names_file_line_and_path(text: str, expected: list[str], base: st
 
 def test_yaml_syntax_error_has_the_line() -> None:
     (error,) = errors("routes:\n  - {match: '*', via: direct}\nproxies:\n  a: [\n  b: ]]\n")
-    assert error.startswith("routes.yaml:5: ")
+    assert re.match(r"routes\.yaml:5:[0-9]+: ", error), error
+
+
+def test_yaml_syntax_error_has_line_and_column() -> None:
+    (error,) = errors("routes:\n  - {match: '*', via: direct\n")
+    assert error.startswith("routes.yaml:3:1: "), error
+
+
+def test_a_tab_says_indent_with_spaces() -> None:
+    (error,) = errors("routes:\n\t- {match: '*', via: direct}\n")
+    assert error == "routes.yaml:2:1: a tab character: indent with spaces, not tabs"
+
+
+def test_a_misspelt_top_level_key_comes_before_what_follows_from_it() -> None:
+    assert errors("route:\n  - {match: '*', via: direct}\n") == [
+        'routes.yaml:1: unknown key "route" (did you mean "routes"?)',
+        "routes.yaml: no routes: every destination would be refused",
+    ]
 
 
 def test_every_error_is_reported() -> None:
@@ -405,7 +426,7 @@ def test_every_error_is_reported() -> None:
     assert errors(text) == [
         'routes.yaml:1: listen[1]: listen on an IP address, not a name: "foo"',
         "routes.yaml:2: defaults.connect_timeout: not a duration: '-1s'"
-        " (write e.g. 250ms, 5s, 2m, 1h)",
+        " (write e.g. 250ms, 5s, 1m30s, 1h)",
         'routes.yaml:2: defaults: unknown key "idel_timeout" (did you mean "idle_timeout"?)',
         "routes.yaml:4: proxies.corp: a proxy URL has no path, query or fragment:"
         ' "http://***@proxy.corp.example:3128/x"',
@@ -536,6 +557,10 @@ def test_username_without_password() -> None:
         (" 5s ", 5.0),
         (7, 7.0),
         (0.1, 0.1),
+        ("1m30s", 90.0),
+        ("1h30m", 5400.0),
+        ("2s500ms", 2.5),
+        ("1h0m5s", 3605.0),
     ],
 )
 def test_parse_duration(value: object, seconds: float) -> None:
@@ -545,7 +570,8 @@ def test_parse_duration(value: object, seconds: float) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        *("", "s", "5 sec", "-1s", "0", "0s", "0ms", "1d", "5S", "1e3", "inf", "nan", "1h30m"),
+        *("", "s", "5 sec", "-1s", "0", "0s", "0ms", "1d", "5S", "1e3", "inf", "nan"),
+        *("30s1m", "1m1m", "1m30", "1m 30s", "5s-1s"),
         *(True, 0, -3, math.inf, math.nan, 10**400, None, [5]),
     ],
 )

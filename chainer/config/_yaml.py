@@ -42,14 +42,20 @@ class _Reader:
         mark = node.start_mark if node is not None else None
         self.add(mark.line + 1 if mark else 0, mark.column if mark else 0, path, message)
 
-    def add(self, line: int, column: int, path: str, message: str) -> None:
-        self.errors.append(ConfigError(self.file, line, path, message))
+    def add(
+        self, line: int, column: int, path: str, message: str, *, show_column: bool = False
+    ) -> None:
+        shown = column + 1 if show_column else 0
+        self.errors.append(ConfigError(self.file, line, path, message, shown))
         self.columns.append(column)
 
     def sorted_errors(self) -> list[ConfigError]:
-        """In file order (sections are read in dependency order, not file order)."""
+        """In file order (sections are read in dependency order, not file order). Errors
+        with no line (a missing section) come last: they are often a consequence of a
+        located one, such as a misspelt top-level key."""
         order = sorted(
-            range(len(self.errors)), key=lambda i: (self.errors[i].line, self.columns[i])
+            range(len(self.errors)),
+            key=lambda i: (self.errors[i].line == 0, self.errors[i].line, self.columns[i]),
         )
         return [self.errors[i] for i in order]
 
@@ -57,12 +63,15 @@ class _Reader:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as e:
-            line = e.problem_mark.line + 1 if e.problem_mark else 0
-            self.add(line, 0, "", _yaml_problem(e))
+            mark = e.problem_mark
+            line = mark.line + 1 if mark else 0
+            column = mark.column if mark else 0
+            self.add(line, column, "", _yaml_problem(e), show_column=True)
             return None
         except yaml.reader.ReaderError as e:
             line = text.count("\n", 0, int(e.position)) + 1
-            self.add(line, 0, "", "a character YAML does not allow")
+            column = int(e.position) - (text.rfind("\n", 0, int(e.position)) + 1)
+            self.add(line, column, "", "a character YAML does not allow", show_column=True)
             return None
         except RecursionError:
             self.add(0, 0, "", "YAML nested too deeply")
@@ -163,6 +172,8 @@ class _Reader:
 def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
     problem = e.problem or "invalid YAML"
     context = e.context or ""
+    if "'\\t'" in problem:
+        return "a tab character: indent with spaces, not tabs"
     # Alias and anchor errors quote the token, which may be a value such as a password.
     if "alias" in problem or "alias" in context:
         return 'bad alias: quote a value that starts with *, as in "*.example.com"'

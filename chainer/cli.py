@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     explain = with_config(
         sub.add_parser("explain", help="which rule, chain and hops a destination gets")
     )
-    explain.add_argument("destination", metavar="HOST[:PORT]")
+    explain.add_argument("destination", metavar="HOST[:PORT]|URL")
     explain.add_argument(
         "--live", action="store_true", help="add hop health from the running admin endpoint"
     )

@@ -352,3 +352,67 @@ def test_fetch_hops_view_ignores_proxy_variables(
 def test_fetch_hops_view_from_nothing_listening_says_so() -> None:
     with pytest.raises(LiveUnavailable, match="/hops"):
         fetch_hops_view(Address("127.0.0.1", free_port()), timeout=2)
+
+
+# -- explain agrees with serve ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "authority", "assumed"),
+    [
+        ("http://www.example/path?q=1", "www.example:80", False),
+        ("https://www.example", "www.example:443", False),
+        ("HTTPS://user:secret@www.example:8443/x", "www.example:8443", False),
+        ("http://[2001:db8::1]/", "[2001:db8::1]:80", False),
+        ("www.example", "www.example:443", True),
+    ],
+)
+def test_explain_takes_a_url(given: str, authority: str, assumed: bool) -> None:
+    address, was_assumed = parse_destination(given)
+    assert (str(address), was_assumed) == (authority, assumed)
+
+
+@pytest.mark.parametrize("bad", ["ftp://www.example/", "http://", "http://exa mple/"])
+def test_a_url_that_is_no_destination_is_refused(bad: str) -> None:
+    with pytest.raises(BadTarget):
+        parse_destination(bad)
+
+
+@pytest.mark.anyio
+async def test_explain_says_what_the_server_does_with_policy(tmp_path: Any) -> None:
+    """For each destination, explain's verdict (refused or not) is the server's answer:
+    a loop to chainer's own listener, deny patterns and CIDRs, allow_ports."""
+    import anyio
+    from fakes import running_chainer
+
+    own, other = free_port(), free_port()
+    text = (
+        f"listen: ['127.0.0.1:{own}', '127.0.0.1:{other}']\n"
+        "deny: ['*.denied.test', '127.0.0.2/32']\n"
+        f"allow_ports: [80, 443, {own}, {other}, 9]\n"
+        "defaults: {connect_timeout: 1s}\n"
+        "routes: [{match: '*', via: direct}]\n"
+    )
+    config = parse_config(text, str(tmp_path / "routes.yaml"), base_dir=str(tmp_path))
+    destinations = [
+        f"127.0.0.1:{own}",  # chainer itself: a loop
+        f"[::ffff:127.0.0.1]:{other}",
+        "x.denied.test:443",
+        "127.0.0.2:443",
+        "127.0.0.1:22",  # not in allow_ports
+        "127.0.0.1:9",  # allowed: nothing listens there, so the chain fails (502)
+    ]
+    async with running_chainer(text, tmp_path):
+        for destination in destinations:
+            explanation = explain(config, destination)
+            with anyio.fail_after(10):
+                stream = await anyio.connect_tcp("127.0.0.1", own)
+                async with stream:
+                    request = f"CONNECT {destination} HTTP/1.1\r\nHost: x\r\n\r\n"
+                    await stream.send(request.encode())
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        head += await stream.receive()
+            status = int(head.split(b" ", 2)[1])
+            assert (status == 403) == explanation.refused, (destination, head)
+            assert (explanation.status == 403) == (status == 403), destination

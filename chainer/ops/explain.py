@@ -21,9 +21,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..errors import ChainerError
+from ..errors import BadTarget, ChainerError, Refused
 from ..models import Address, Config, Proxy, Via
 from ..outbound.health import Health
+from ..routing.policy import Guard
 from ..routing.table import RouteTable
 from ..routing.target import parse_authority
 from ..text import fmt_ms, fmt_seconds, printable
@@ -36,6 +37,7 @@ __all__ = [
     "HopsView",
     "LiveHealthView",
     "LiveUnavailable",
+    "PolicyVerdict",
     "PositionView",
     "Resolution",
     "ViaView",
@@ -204,6 +206,14 @@ class ViaView:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyVerdict:
+    """What the server's destination policy says on one listener: None, or why it refuses."""
+
+    listener: str
+    refused: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     given: str  # the destination as typed (or its authority, when given an Address)
     target: Address  # as normalized
@@ -217,10 +227,19 @@ class Explanation:
     deadline: float
     routes_total: int
     live: bool
+    policy: tuple[PolicyVerdict, ...] = ()
+
+    @property
+    def policy_refused(self) -> str | None:
+        """The policy's reason when every listener refuses the destination."""
+        reasons = [v.refused for v in self.policy]
+        if reasons and all(reasons):
+            return reasons[0]
+        return None
 
     @property
     def refused(self) -> bool:
-        return self.via is None or self.via.form == "reject"
+        return self.via is None or self.via.form == "reject" or self.policy_refused is not None
 
     @property
     def status(self) -> int | None:
@@ -232,13 +251,44 @@ class Explanation:
         return f"{self.file}:{self.line}" if self.line else self.file
 
 
+_URL_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
 def parse_destination(text: str) -> tuple[Address, bool]:
-    """`HOST[:PORT]` (IPv6 in brackets) -> (Address, whether the port was assumed: 443).
+    """`HOST[:PORT]` (IPv6 in brackets) or a URL (`http://host/path` -> host:80,
+    `https://host` -> host:443) -> (Address, whether the port was assumed: 443).
     Raises BadTarget as the server would for the same destination."""
-    address = parse_authority(text.strip(), default_port=0)
+    text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        default = _URL_PORTS.get(scheme.lower())
+        if default is None:
+            raise BadTarget(f"not an http(s) URL: {printable(text[:100])!r}")
+        authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        authority = authority.rpartition("@")[2]  # user:password@ is never a destination
+        return parse_authority(authority, default_port=default), False
+    address = parse_authority(text, default_port=0)
     if address.port == 0:
         return Address(address.host, DEFAULT_PORT), True
     return address, False
+
+
+def _policy(config: Config, target: Address) -> tuple[PolicyVerdict, ...]:
+    """The server's destination policy on each configured listener (deny, allow_ports,
+    loops to chainer itself, what exposed listeners protect). Addresses a `direct` name
+    resolves to are checked again by the server when it connects; that cannot be shown
+    here, since explain resolves nothing."""
+    bound = [(ln.address.host, ln.address.port) for ln in config.listeners]
+    verdicts = []
+    for listener in config.listeners:
+        guard = Guard.for_listener(config.policy, listener, bound)
+        try:
+            guard.check(target)
+        except Refused as exc:
+            verdicts.append(PolicyVerdict(str(listener.address), str(exc)))
+        else:
+            verdicts.append(PolicyVerdict(str(listener.address), None))
+    return tuple(verdicts)
 
 
 def explain(config: Config, target: Address | str, health: HealthView | None = None) -> Explanation:
@@ -266,6 +316,7 @@ def explain(config: Config, target: Address | str, health: HealthView | None = N
         deadline=config.defaults.deadline,
         routes_total=len(config.routes),
         live=health is not None,
+        policy=_policy(config, address),
     )
 
 
@@ -381,6 +432,8 @@ def _target_kind(a: Address) -> str:
 def render_text(e: Explanation) -> str:
     """Aligned text, first line a one-line summary (like `ip route get`)."""
     title = "refused (403)" if e.via is None else _via_title(e.via)
+    if e.policy_refused is not None:
+        title = "refused by policy (403)"
     head = (
         f"{e.target} -> no route matches -> {title}"
         if e.route is None
@@ -395,6 +448,13 @@ def render_text(e: Explanation) -> str:
         lines.append(f"  {'rule':<12} none of the {e.routes_total} routes in {e.file} matches")
     else:
         lines.append(f'  {"rule":<12} {e.route} at {e.where}, pattern "{e.pattern}"')
+    refusing = [verdict for verdict in e.policy if verdict.refused]
+    if refusing and e.policy_refused is None:
+        for verdict in refusing:
+            why = printable(verdict.refused or "")
+            lines.append(f"  {'policy':<12} refused on {verdict.listener}: {why}")
+    elif e.policy_refused is not None:
+        lines.append(f"  {'policy':<12} refused: {printable(e.policy_refused)}")
     if e.refused:
         lines.append(
             f"  {'result':<12} refused, no connection made: HTTP 403, SOCKS5 0x02, SOCKS4 91"
@@ -496,6 +556,7 @@ def render_json(e: Explanation) -> dict[str, Any]:
         else {"label": e.route, "pattern": e.pattern, "file": e.file, "line": e.line},
         "refused": e.refused,
         "status": e.status,
+        "policy": [{"listener": pv.listener, "refused": pv.refused} for pv in e.policy],
         "deadline": e.deadline,
         "via": None if e.via is None else _via_json(e.via),
         "fallbacks": [_via_json(v) for v in e.fallbacks],

@@ -1,5 +1,7 @@
 """chainer: a proxy-chaining router. Public names only."""
 
+import logging
+
 from .errors import (
     BadTarget,
     ChainerError,
@@ -28,3 +30,6 @@ __all__ = [
     "Refused",
     "Router",
 ]
+
+# A library prints nothing unless the application configures logging (`chainer serve` does).
+logging.getLogger("chainer").addHandler(logging.NullHandler())

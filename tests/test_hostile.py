@@ -1358,3 +1358,34 @@ async def test_privacy_chain_leaks_nothing(
     # and no credential reached any log line
     for secret in every_secret:
         assert secret.decode() not in caplog.text
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_connect_without_host_is_served_like_squid(tmp_path: Path, version: str) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        async with running_chainer(table(), tmp_path) as bound:
+            request = f"CONNECT {LOOPBACK}:{echo.port} {version}\r\n\r\nping".encode()
+            answer = await converse(bound[0][1], request, done=lambda got: got.endswith(b"ping"))
+            assert answer.data.startswith(b"HTTP/1.1 200 "), answer.shown()
+            assert answer.data.endswith(b"\r\n\r\nping"), answer.shown()
+
+
+async def test_a_plain_request_without_host_is_still_refused(tmp_path: Path) -> None:
+    async with running_chainer(table(), tmp_path) as bound:
+        request = f"GET http://{LOOPBACK}:1/ HTTP/1.1\r\n\r\n".encode()
+        answer = await converse(bound[0][1], request)
+        assert answer.status == 400, answer.shown()
+
+
+def test_the_library_prints_nothing_unless_logging_is_configured() -> None:
+    code = (
+        "import logging, chainer\n"
+        "logging.getLogger('chainer.health').warning('circuit open: x')\n"
+        "logging.getLogger('chainer.access').error('a line')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

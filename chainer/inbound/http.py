@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,7 @@ class HttpInbound:
         problem = check_request_head(buffer[:end], self.limits.header_fields)
         if problem is not None:
             raise ClientError(*problem)
-        self.conn.receive_data(buffer)
+        self.conn.receive_data(_with_connect_host(buffer, end))
 
     async def _next_event(self) -> Any:
         while True:
@@ -206,3 +207,17 @@ class _ForwardStream(ByteStream):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self.inbound.stream.extra_attributes
+
+
+_HOST_FIELD = re.compile(rb"\r\nhost[ \t]*:", re.IGNORECASE)
+
+
+def _with_connect_host(buffer: bytes, end: int) -> bytes:
+    """A CONNECT without Host gets one naming its own target. HTTP/1.1 requires Host and
+    h11 enforces it, but many clients leave it out of CONNECT, whose target already says
+    where to go, and squid accepts them; so do we. Other requests are left as sent."""
+    if not buffer.startswith(b"CONNECT ") or _HOST_FIELD.search(buffer, 0, end):
+        return buffer
+    line_end = buffer.find(b"\r\n")
+    target = buffer[8:line_end].rpartition(b" ")[0]
+    return buffer[: line_end + 2] + b"Host: " + target + b"\r\n" + buffer[line_end + 2 :]

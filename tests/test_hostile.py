@@ -1389,3 +1389,85 @@ def test_the_library_prints_nothing_unless_logging_is_configured() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+# --------------------------------------------------------------------------- one address, one text
+
+
+async def test_deny_of_one_ip_holds_however_the_address_is_spelt(
+    tmp_path: Path, dns: FakeDNS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """deny: ["127.0.0.1"] refuses the mapped IPv6 spellings, the SOCKS5 IPv6 form and a
+    name that resolves to it on a direct route; another loopback address still works."""
+    dns.names["alias.test"] = LOOPBACK
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        top = "deny: ['127.0.0.1', '[::ffff:127.0.0.3]']"
+        listen = "['127.0.0.2:0']"  # chainer itself is not on the denied address
+        async with running_chainer(table(top=top, listen=listen), tmp_path) as bound:
+            port = bound[0][1]
+
+            async def ask(data: bytes, done: Callable[[bytes], bool] = head_complete) -> Answer:
+                return await converse(port, data, host="127.0.0.2", done=done)
+
+            for target in (
+                f"{LOOPBACK}:{echo.port}",
+                f"[::ffff:127.0.0.1]:{echo.port}",
+                f"[::ffff:7f00:1]:{echo.port}",
+                f"[0:0:0:0:0:ffff:7f00:0001]:{echo.port}",
+                f"alias.test:{echo.port}",
+                f"127.0.0.3:{echo.port}",  # denied as a mapped address in the file
+            ):
+                answer = await ask(connect_request(target))
+                assert answer.status == 403, (target, answer.shown())
+            mapped = (
+                GREETING + b"\x05\x01\x00\x04" + ipaddress.IPv6Address("::ffff:127.0.0.1").packed
+            )
+            answer = await ask(mapped + echo.port.to_bytes(2, "big"), done=at_least(12))
+            assert answer.data[2:4] == b"\x05\x02", answer.shown()
+            # another loopback address passes the policy (and finds nothing listening)
+            other = await ask(connect_request(f"127.0.0.4:{echo.port}"))
+            assert other.status == 502, other.shown()
+            assert b"error=connection_refused" in other.head, other.shown()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "[::1%1]:{port}",
+        "[fe80::1%eth0]:{port}",
+        "[::ffff:127.0.0.1%lo]:{port}",
+        "[::1%25lo]:{port}",
+    ],
+)
+async def test_a_zone_id_is_refused_as_a_bad_target(tmp_path: Path, target: str) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        async with running_chainer(table(), tmp_path) as bound:
+            port = bound[0][1]
+            answer = await converse(port, connect_request(target.format(port=echo.port)))
+            assert answer.status == 400, answer.shown()
+            await assert_still_serves(port, echo.port)
+
+
+async def test_a_socks_name_with_a_zone_id_and_a_newline_forges_no_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxies = "  hop: {url: 'http://127.0.0.1:9', connect_timeout: 1s}\n"
+    routes = "  - {match: '*', via: hop}\n"
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        text = table(routes, proxies=proxies)
+        with caplog.at_level(logging.DEBUG, logger="chainer"):
+            async with running_chainer(text, tmp_path) as bound:
+                port = bound[0][1]
+                name = b"::1%\nchainer.access client=1.2.3.4 outcome=ok"
+                answer = await converse(port, domain_request(name, 80), done=at_least(12))
+                assert answer.data[:2] == b"\x05\x00", answer.shown()
+                assert answer.data[2:4] == b"\x05\x01", answer.shown()
+                await converse(port, connect_request("[::1%0a]:80"))
+                del echo
+    for record in caplog.records:
+        text = record.getMessage()
+        assert "\n" not in text, text
+        assert "\r" not in text, text

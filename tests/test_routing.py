@@ -4,8 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chainer.errors import BadTarget
 from chainer.models import DIRECT, REJECT, Address, Pattern, Route
 from chainer.routing.table import Match, RouteTable, compile_pattern, pattern_matches
+from chainer.routing.target import normalize_host
 
 
 def matches(pattern: str, host: str, port: int = 443) -> bool:
@@ -214,3 +216,32 @@ def test_domain_pattern_on_arbitrary_names(host: str) -> None:
 def test_port_range(port: int, lo: int, hi: int) -> None:
     lo, hi = min(lo, hi), max(lo, hi)
     assert matches(f"*:{lo}-{hi}", "h.example", port) is (lo <= port <= hi)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "matches"),
+    [
+        ("127.0.0.1", "::ffff:127.0.0.1", True),
+        ("[::ffff:10.0.0.1]", "10.0.0.1", True),
+        ("::ffff:10.0.0.1", "::ffff:a00:1", True),
+        ("[::ffff:10.0.0.0]/104", "10.9.9.9", True),
+        ("::ffff:10.0.0.0/104", "11.0.0.1", False),
+        ("[2001:db8::1]", "2001:db8:0:0::1", True),
+    ],
+)
+def test_an_address_pattern_matches_every_spelling_of_it(
+    pattern: str, host: str, matches: bool
+) -> None:
+    assert pattern_matches(compile_pattern(pattern), Address(normalize_host(host), 80)) is matches
+
+
+@pytest.mark.parametrize("text", ["[fe80::1%eth0]", "fe80::1%1", "[::1%1]/128"])
+def test_a_zone_id_is_no_pattern(text: str) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        compile_pattern(text)
+
+
+@pytest.mark.parametrize("host", ["::1%1", "[::1%lo]", "fe80::1%eth0", "::ffff:127.0.0.1%\n"])
+def test_a_zone_id_is_no_destination(host: str) -> None:
+    with pytest.raises(BadTarget):
+        normalize_host(host)

@@ -106,7 +106,9 @@ class Guard:
         if self.exposed and _protected(ip):
             raise Refused(f"{host} is this machine or link-local: not reachable from outside")
         for pattern in self.policy.deny:
-            if pattern.kind == "cidr" and pattern_matches(pattern, Address(str(ip), port)):
+            if pattern.kind in ("cidr", "exact") and pattern_matches(
+                pattern, Address(str(ip), port)
+            ):
                 raise Refused(f"{host} is denied by deny: {pattern.text!r}")
 
     def _is_own(self, ip: IP, port: int) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import BadTarget
 from ..models import Address, Pattern, Route
 from .target import normalize_host, parse_port
 
@@ -52,8 +53,8 @@ def compile_pattern(text: str) -> Pattern:
             net, _, prefix = host.partition("/")
             return _pattern(text, "cidr", _network(net, prefix), port_range)
         try:
-            return _pattern(text, "exact", str(ipaddress.IPv6Address(host)), port_range)
-        except ValueError:
+            return _pattern(text, "exact", _one_ip(host), port_range)
+        except (ValueError, BadTarget):
             raise ValueError(f"not an IPv6 address or range in brackets: {text!r}") from None
     if "/" in text:
         net, _, rest = text.partition("/")
@@ -62,8 +63,8 @@ def compile_pattern(text: str) -> Pattern:
     if text.count(":") > 1:
         # An unbracketed IPv6 literal; a port would be ambiguous, so none is read here.
         try:
-            return _pattern(text, "exact", str(ipaddress.IPv6Address(text)), None)
-        except ValueError:
+            return _pattern(text, "exact", _one_ip(text), None)
+        except (ValueError, BadTarget):
             raise ValueError(
                 f"not an IPv6 address (with a port, write [addr]:port): {text!r}"
             ) from None
@@ -171,13 +172,33 @@ def _domain(name: str, text: str) -> str:
     return value
 
 
+def _one_ip(text: str) -> str:
+    """One IPv6 literal (brackets gone) as `normalize_host` writes it: a mapped IPv4
+    address becomes the IPv4 address, so it matches however a client spells it."""
+    if "%" in text:
+        raise ValueError("a zone id")
+    ipaddress.IPv6Address(text)  # only IPv6 comes here: a ValueError says what it is not
+    return normalize_host(text)
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def _network(net: str, prefix: str) -> str:
     if not _PREFIX.match(prefix):
         raise ValueError(f"bad prefix length {prefix!r} in {net}/{prefix}")
+    if "%" in net:
+        raise ValueError(f"a zone id is not an address: {net!r}")
     try:
-        return str(ipaddress.ip_network(f"{net}/{prefix}", strict=False))
+        network = ipaddress.ip_network(f"{net}/{prefix}", strict=False)
     except ValueError as e:
         raise ValueError(f"bad IP range: {e}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        # Destinations are normalized to IPv4 text: the range must be IPv4 too.
+        assert network.network_address.ipv4_mapped is not None
+        v4 = ipaddress.IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
+        return str(v4)
+    return str(network)
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

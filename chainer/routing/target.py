@@ -2,8 +2,13 @@
 
 A host is either an IP literal or a DNS name made of letters, digits, `-` and `_` labels
 (underscores appear in real service names). Anything else — NUL, control characters,
-spaces, `@`, `%`, numeric aliases such as `2130706433` or `127.1` that a resolver would
-quietly turn into loopback — is refused, because routing and policy act on the text.
+spaces, `@`, `%` (an IPv6 zone id, which would name an interface of *this* machine),
+numeric aliases such as `2130706433` or `127.1` that a resolver would quietly turn into
+loopback — is refused, because routing and policy act on the text.
+
+An address has one text only: IPv6 compressed, and an IPv4-mapped IPv6 address
+(`::ffff:127.0.0.1`, `::ffff:7f00:1`) written as the IPv4 address it is, so that routes,
+`deny`, the loop check and the logs all see the same destination however it was spelt.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ def normalize_host(host: str) -> str:
     without a trailing dot. Raises BadTarget when it is neither an IP literal nor a DNS name."""
     if not host:
         raise BadTarget("empty host")
+    if "%" in host:
+        raise BadTarget(f"a zone id is not a destination: {_shown(host)}")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
         try:
-            return str(ipaddress.IPv6Address(inner))
+            return _address_text(ipaddress.IPv6Address(inner))
         except ValueError:
             raise BadTarget(f"not an IPv6 literal: {_shown(host)}") from None
     try:
-        return str(ipaddress.ip_address(host))
+        return _address_text(ipaddress.ip_address(host))
     except ValueError:
         pass
     name = host.lower()
@@ -46,6 +53,12 @@ def normalize_host(host: str) -> str:
         # `127.1`, `0x7f.1`, `2130706433`: resolvers read these as addresses.
         raise BadTarget(f"ambiguous numeric host: {_shown(host)}")
     return name
+
+
+def _address_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def parse_port(text: str) -> int:

@@ -1471,3 +1471,32 @@ async def test_a_socks_name_with_a_zone_id_and_a_newline_forges_no_log_line(
         text = record.getMessage()
         assert "\n" not in text, text
         assert "\r" not in text, text
+
+
+async def test_a_backtracking_regex_route_cannot_freeze_the_router(tmp_path: Path) -> None:
+    """With Python's re this pattern takes time doubling per character of the label; the
+    request would hang and stall every other tunnel. RE2 answers at once."""
+    routes = (
+        "  - {match: 're:^([a-z0-9-]+\\.?)+\\.corp\\.example$', via: reject}\n"
+        "  - {match: '*', via: direct}\n"
+    )
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        async with running_chainer(table(routes), tmp_path) as bound:
+            port = bound[0][1]
+            evil = "a" * 60 + ".corp.examplx:443"
+            answer = await converse(port, connect_request(evil), wait=10)
+            assert answer.status == 502, answer.shown()  # not matched; the name resolves nowhere
+            await assert_still_serves(port, echo.port)
+            hit = await converse(port, connect_request("db-1.corp.example:443"))
+            assert hit.status == 403, hit.shown()
+
+
+def test_a_regex_re2_cannot_run_is_refused_when_loading() -> None:
+    from chainer.config import parse_config
+
+    with pytest.raises(ConfigErrors) as caught:
+        parse_config("routes:\n  - {match: 're:^(a)\\1$', via: direct}\n", "routes.yaml")
+    (error,) = caught.value.errors
+    assert str(error).startswith("routes.yaml:2: routes[0].match: bad regex")
+    assert "RE2" in str(error)

@@ -1,7 +1,11 @@
-"""Route matching: pure functions over the frozen route table, no I/O.
+r"""Route matching: pure functions over the frozen route table, no I/O.
 
 A destination is matched on its text as the client sent it: names are never resolved to
-route, so a name never falls inside an IP range. Patterns are parsed once (by config.py,
+route, so a name never falls inside an IP range. `re:` patterns run on RE2 (google-re2),
+whose matching time is linear in the host's length: a pattern such as
+`^([a-z0-9-]+\.?)+\.corp\.example$`, which backtracks exponentially in Python's `re`,
+cannot stall the event loop. RE2 has no backreferences or lookaround; such a pattern is
+refused when the file is loaded. Patterns are parsed once (by config.py,
 through `compile_pattern`); compiled regexes and networks are cached by their text.
 """
 
@@ -12,7 +16,9 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import re2  # type: ignore[import-untyped]
 
 from ..errors import BadTarget
 from ..models import Address, Pattern, Route
@@ -144,8 +150,11 @@ def _compile_regex(text: str) -> Pattern:
         raise ValueError("empty regex after 're:'")
     try:
         _cached_regex(body)
-    except re.error as e:
-        raise ValueError(f"bad regex {body!r}: {e}") from None
+    except re2.error as e:
+        reason = e.args[0] if e.args else e
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(f"bad regex {body!r}: {reason} (RE2 syntax)") from None
     return _pattern(text, "regex", body, ports)
 
 
@@ -208,9 +217,14 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # errors are reported as config errors, not on stderr
+_RE2_OPTIONS.never_capture = True  # only whether it matches is asked
+
+
 @functools.lru_cache(maxsize=1024)
-def _cached_regex(text: str) -> re.Pattern[str]:
-    return re.compile(text)
+def _cached_regex(text: str) -> Any:
+    return re2.compile(text, _RE2_OPTIONS)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -479,6 +479,10 @@ SECRET_CASES = [
     f"proxies:\n  p: {{url: 'http://u:{SECRET}@p.example', ca: x.pem}}\n",
     f"proxies:\n  p: {{url: 'http://p.example', username: u, password: *{SECRET}}}\n",
     f"listen:\n  - {{address: 'x:1', auth: {{users: {{alice: [{SECRET}]}}}}}}\n",
+    # the host forgotten, a ":" inside the password
+    f"proxies:\n  p: 'http://alice:{SECRET}:x'\n",
+    f"proxies:\n  p: 'http://alice:{SECRET}:x:1'\n",
+    f"proxies:\n  p: 'http://alice:x:{SECRET}'\n",
 ]
 
 

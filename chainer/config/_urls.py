@@ -42,6 +42,10 @@ def _parse_url(url: str) -> _ParsedURL:
     except BadTarget as e:
         if "port" in str(e):  # the text is not shown: it may be a password, see _redact
             raise ValueError(f"bad port in {shown} (1-65535)") from None
+        if not at:
+            # No "@": a forgotten host leaves `user:password` where the address should be,
+            # and the reason would quote it. Only the redacted URL is shown.
+            raise ValueError(f"bad address in {shown}") from None
         raise ValueError(f"bad address in {shown}: {e}") from None
     username = password = None
     if at:
@@ -62,9 +66,11 @@ def _redact(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
     cut = _path_start(rest)
-    host, colon, port = rest[:cut].rpartition(":")
-    if colon and "]" not in port and not port.isdigit():
-        rest = f"{host}:***"
+    authority = rest[:cut]
+    if "@" not in authority and not authority.startswith("["):
+        host, colon, port = authority.partition(":")
+        if colon and not port.isdigit():
+            rest = f"{host}:***"  # everything after the first ":" may be a password
     return f"{scheme}{sep}{rest}"
 
 

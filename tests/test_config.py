@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -887,3 +888,50 @@ def test_bad_policy_values_are_located() -> None:
     assert "routes.yaml:3: allow_ports[1]: " in text
     assert "routes.yaml:3: allow_ports[2]: " in text
     assert "routes.yaml:4: http.via: " in text
+
+
+# -- loading cannot be made to hang or explode --------------------------------------------
+
+
+def test_a_billion_laughs_is_refused() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 12)]
+    text = "\n".join(lines) + "\nroutes: [{match: '*', via: direct}]\n"
+    assert errors(text) == ["routes.yaml: aliases expand the file to over 100,000 more nodes"]
+
+
+def test_an_alias_loop_is_refused() -> None:
+    text = "x: &a [*a]\nroutes: [{match: '*', via: direct}]\n"
+    assert errors(text) == ["routes.yaml: an alias refers to a node that contains it (a loop)"]
+
+
+def test_a_shared_mapping_through_an_alias_still_works() -> None:
+    config = parse(
+        "proxies:\n"
+        "  a: &hop {url: 'http://10.0.0.1:3128', connect_timeout: 1s}\n"
+        "  b: *hop\n"
+        "routes: [{match: '*', via: [[a, b]]}]\n"
+    )
+    assert [p.connect_timeout for p in config.proxies] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("special", ["fifo", "directory", "/dev/zero"])
+def test_only_a_regular_file_is_read(tmp_path: Path, special: str) -> None:
+    if special == "fifo":
+        path = tmp_path / "routes.yaml"
+        os.mkfifo(path)  # no writer: opening it for reading would block forever
+    elif special == "directory":
+        path = tmp_path
+    else:
+        path = Path(special)
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path)
+    assert [str(e) for e in caught.value.errors] == [f"{path}: cannot read: not a regular file"]
+
+
+def test_a_file_over_4_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text("routes: [{match: '*', via: direct}]\n" + "# padding\n" * (1 << 19))
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path)
+    assert [str(e) for e in caught.value.errors] == [f"{path}: cannot read: larger than 4 MiB"]

@@ -78,6 +78,11 @@ class _Reader:
             return None
         if root is None:
             self.error(None, "", "empty config")
+            return None
+        problem = _alias_problem(root)
+        if problem is not None:
+            self.add(0, 0, "", problem)
+            return None
         return root
 
     # -- node helpers -------------------------------------------------------------------
@@ -167,6 +172,49 @@ class _Reader:
             self.error(node, path, f"{_q(name)} is reserved")
             return False
         return True
+
+
+# What aliases may add to a table, in nodes, over the nodes actually written: enough to
+# share a few mappings, far too little for "a billion laughs".
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _alias_problem(root: Node) -> str | None:
+    """Aliases make the node graph a DAG that every reader walks as a tree: count the
+    tree's size (memoized per node, so this costs one pass over the distinct nodes) and
+    refuse a graph that would expand far beyond what was written, or that loops."""
+    sizes: dict[int, int] = {}
+    distinct = 0
+    # Iterative post-order walk: a deep document must not exhaust the Python stack here.
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in _children(node))
+            sizes[key] = total
+            if total - distinct > MAX_ALIAS_EXPANSION:
+                return f"aliases expand the file to over {MAX_ALIAS_EXPANSION:,} more nodes"
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return "an alias refers to a node that contains it (a loop)"
+        on_path.add(key)
+        distinct += 1
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return None
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _yaml_problem(e: yaml.MarkedYAMLError) -> str:

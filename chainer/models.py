@@ -195,6 +195,8 @@ class Policy:
 
     deny: tuple[Pattern, ...] = ()
     allow_ports: tuple[tuple[int, int], ...] = ()  # empty: every port
+    # This machine's own addresses (and loopback) that exposed listeners may still reach.
+    allow_local: tuple[Pattern, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -935,3 +935,15 @@ def test_a_file_over_4_mib_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as caught:
         load_config(path)
     assert [str(e) for e in caught.value.errors] == [f"{path}: cannot read: larger than 4 MiB"]
+
+
+def test_allow_local_takes_addresses_not_names() -> None:
+    config = parse(MINIMAL + "allow_local: ['10.0.0.5', '192.168.0.0/16:22', '[::1]']\n")
+    assert [p.text for p in config.policy.allow_local] == [
+        "10.0.0.5",
+        "192.168.0.0/16:22",
+        "[::1]",
+    ]
+    assert errors(MINIMAL + "allow_local: ['db.example']\n") == [
+        "routes.yaml:3: allow_local[0]: 'db.example': name an address or a range"
+    ]

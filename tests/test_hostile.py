@@ -733,8 +733,11 @@ NON_LOOPBACK_CASES: list[tuple[str, str, str, str, str | int, str]] = [
     ("socks4a-localhost", "nl", "socks4", "localhost", "echo", "refused"),
     ("http-loop-to-itself", "nl", "http", NL_HOST, "nl", "refused"),
     ("http-loop-through-a-wildcard-listener", "nl", "http", NL_HOST, "any", "refused"),
-    ("http-non-loopback-destination", "nl", "http", NL_HOST, "echo_nl", "ok"),
-    ("socks5-non-loopback-destination", "nl", "socks5", NL_HOST, "echo_nl", "ok"),
+    # this machine's own non-loopback address: refused too, unless named in allow_local
+    ("http-own-non-loopback-address", "nl", "http", NL_HOST, "echo_nl", "refused"),
+    ("socks5-own-non-loopback-address", "nl", "socks5", NL_HOST, "echo_nl", "refused"),
+    ("http-own-address-in-allow-local", "nl", "http", NL_HOST, "echo_allowed", "ok"),
+    ("socks5-own-address-in-allow-local", "nl", "socks5", NL_HOST, "echo_allowed", "ok"),
     ("loopback-listener-loopback-destination", "lo", "http", "127.0.0.1", "echo", "ok"),
     ("loopback-listener-loop-to-the-other-listener", "lo", "http", NL_HOST, "nl", "refused"),
 ]
@@ -804,7 +807,9 @@ async def _non_loopback_scenario(tmp: Path) -> dict[str, Any]:
         echo = await start_echo(tg)
         echo_nl = EchoOrigin()
         echo_nl.port = await serve_on(tg, echo_nl.handle, NL_HOST)
-        ports = {"echo": echo.port, "echo_nl": echo_nl.port}
+        allowed = EchoOrigin()
+        allowed.port = await serve_on(tg, allowed.handle, NL_HOST)
+        ports = {"echo": echo.port, "echo_nl": echo_nl.port, "echo_allowed": allowed.port}
         where = {"nl": NL_HOST, "lo": LOOPBACK, "open": NL_HOST, "any": "0.0.0.0", "dead": LOOPBACK}
         for name, host in where.items():
             with socket.socket() as s:
@@ -822,17 +827,18 @@ async def _non_loopback_scenario(tmp: Path) -> dict[str, Any]:
             "  - {match: '*', via: direct}\n"
         )
         proxies = f"  dead: http://{LOOPBACK}:{ports['dead']}\n"
-        text = table(routes, listen=listen, proxies=proxies)
+        top = f"allow_local: ['{NL_HOST}:{allowed.port}']"
+        text = table(routes, listen=listen, proxies=proxies, top=top)
         async with running_chainer(text, tmp):
             for case, listener, protocol, host, port_ref, expected in NON_LOOPBACK_CASES:
                 dport = ports[port_ref] if isinstance(port_ref, str) else port_ref
                 at = (NL_HOST, ports["nl"]) if listener == "nl" else (LOOPBACK, ports["lo"])
-                before = echo.connections + echo_nl.connections
+                before = echo.connections + echo_nl.connections + allowed.connections
                 cases[case] = await _one_non_loopback_case(
                     at, protocol, host, dport, expected == "ok"
                 )
                 await anyio.sleep(0.05)
-                reached = echo.connections + echo_nl.connections - before
+                reached = echo.connections + echo_nl.connections + allowed.connections - before
                 cases[case]["reached_an_origin"] = reached > 0
     logging.getLogger().removeHandler(collect)
     return {"cases": cases, "warnings": collect.messages}

@@ -105,3 +105,16 @@ def test_find_head_end_sees_crlf_and_bare_lf_ends() -> None:
     assert find_head_end(GOOD + b"EARLY") == len(GOOD)
     assert find_head_end(b"GET / HTTP/1.1\nHost: a\n\nrest") == 24
     assert find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") == -1
+
+
+def test_allow_local_lets_an_exposed_listener_reach_what_it_names() -> None:
+    policy = Policy(allow_local=(compile_pattern("127.0.0.1:5432"), compile_pattern("[::1]")))
+    exposed = Guard.for_listener(policy, EXPOSED, BOUND)
+    exposed.check(Address("127.0.0.1", 5432))
+    exposed.check(Address("::1", 22))
+    with pytest.raises(Refused):
+        exposed.check(Address("127.0.0.1", 22))
+    with pytest.raises(Refused):  # never a loop, whatever allow_local says
+        Guard.for_listener(
+            Policy(allow_local=(compile_pattern("0.0.0.0/0"),)), EXPOSED, BOUND
+        ).check(Address("127.0.0.1", 3128))

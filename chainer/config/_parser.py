@@ -19,6 +19,7 @@ _TOP_KEYS = (
     "limits",
     "deny",
     "allow_ports",
+    "allow_local",
     "http",
     "proxies",
     "chains",
@@ -61,6 +62,9 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
             deny=self.patterns(section["deny"], "deny") or () if "deny" in section else (),
             allow_ports=self.read_ports(section["allow_ports"], "allow_ports")
             if "allow_ports" in section
+            else (),
+            allow_local=self.local_patterns(section["allow_local"])
+            if "allow_local" in section
             else (),
         )
         http = self.read_http(section["http"]) if "http" in section else HttpOptions()

@@ -5,6 +5,8 @@ whether it is anonymous.
 
 from __future__ import annotations
 
+import ipaddress
+
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from ..models import DIRECT, REJECT, HopGroup, Pattern, Route, Via
@@ -80,6 +82,15 @@ class _Routes(_Chains):
                 self.error(item, item_path, str(e))
         return tuple(out) if len(out) == len(items) else None
 
+    def local_patterns(self, node: Node) -> tuple[Pattern, ...]:
+        """`allow_local:` IPs and ranges (with ports, if wanted): addresses, not names."""
+        patterns = self.patterns(node, "allow_local") or ()
+        for i, pattern in enumerate(patterns):
+            if pattern.kind not in ("cidr", "exact") or not _is_address(pattern.value):
+                where = f"allow_local[{i}]" if isinstance(node, SequenceNode) else "allow_local"
+                self.error(node, where, f"{pattern.text!r}: name an address or a range")
+        return patterns
+
     def via(self, node: Node, path: str) -> Via | None:
         if isinstance(node, SequenceNode):
             hops = self.hops(node, path)
@@ -113,3 +124,11 @@ class _Routes(_Chains):
         if any(v is None for v in vias):
             return None
         return tuple(v for v in vias if v is not None)
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True

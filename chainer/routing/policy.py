@@ -4,8 +4,9 @@ Checked before routing, on the destination as the client wrote it:
   - `deny:` patterns (the same patterns as `match`) and `allow_ports:`;
   - chainer's own listeners (a request to ourselves would loop);
   - on a listener that other machines can reach, loopback, unspecified and link-local
-    (cloud metadata) addresses and `localhost` names: a proxy exposed on a network must
-    not become a door into the machine it runs on.
+    (cloud metadata) addresses, every other address of this machine (on any interface),
+    and `localhost` names: a proxy exposed on a network must not become a door into the
+    machine it runs on. `allow_local:` names the ones that may be reached anyway.
 For `direct` routes the same address rules are applied again to every address the name
 resolves to, so a name that resolves to 127.0.0.1 (or is rebound to it) is refused too.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,17 +59,30 @@ def _protected(ip: IP) -> bool:
     return any(ip in net for net in _PROTECTED if net.version == ip.version)
 
 
+_LOCAL_TTL = 5.0  # addresses come and go (DHCP, VPNs): an answer is trusted this long
+_local_seen: dict[IP, tuple[bool, float]] = {}
+
+
 def _is_local(ip: IP) -> bool:
-    """Is `ip` an address of this machine? (Binding to it succeeds only if it is.)"""
+    """Is `ip` an address of this machine? Binding to it succeeds only if it is, which
+    covers every interface without enumerating them. Answers are kept a few seconds."""
     if ip.is_loopback or ip.is_unspecified:
         return True
+    now = time.monotonic()
+    seen = _local_seen.get(ip)
+    if seen is not None and now - seen[1] < _LOCAL_TTL:
+        return seen[0]
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((str(ip), 0))
+            local = True
         except OSError:
-            return False
-    return True
+            local = False
+    if len(_local_seen) >= 4096:
+        _local_seen.clear()
+    _local_seen[ip] = (local, now)
+    return local
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +118,17 @@ class Guard:
         ip = _parse(host)
         if self._is_own(ip, port):
             raise Refused(f"{Address(host, port)} is chainer itself: refusing a loop")
-        if self.exposed and _protected(ip):
+        if self.exposed and (_protected(ip) or _is_local(ip)) and not self._allowed_local(ip, port):
             raise Refused(f"{host} is this machine or link-local: not reachable from outside")
         for pattern in self.policy.deny:
             if pattern.kind in ("cidr", "exact") and pattern_matches(
                 pattern, Address(str(ip), port)
             ):
                 raise Refused(f"{host} is denied by deny: {pattern.text!r}")
+
+    def _allowed_local(self, ip: IP, port: int) -> bool:
+        address = Address(str(ip), port)
+        return any(pattern_matches(p, address) for p in self.policy.allow_local)
 
     def _is_own(self, ip: IP, port: int) -> bool:
         for host, own_port in self.own:

@@ -187,6 +187,13 @@ class Limits:
     client_timeout: float = 10.0  # a client's whole request must arrive within this: 408
     header_bytes: int = 16384  # request line + header fields: 431 above it
     header_fields: int = 100  # more fields: 431
+    # Upstream connections and requests one client request may cost, every hop, failover,
+    # rebuild and fallback included (haproxy retries 3 times).
+    max_attempts: int = 8
+    per_client: int = 256  # concurrent connections from one client address; 503 above it
+    # A client that has closed its side keeps its tunnel (and its slot) at most this long
+    # while the other direction finishes (haproxy's `timeout client-fin`).
+    client_fin: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,23 +16,37 @@ class _Policy(_Reader):
         entries = self.mapping(node, "limits") or {}
         self.known(
             entries,
-            ("max_connections", "client_timeout", "header_bytes", "header_fields"),
+            (
+                "max_connections",
+                "client_timeout",
+                "header_bytes",
+                "header_fields",
+                "max_attempts",
+                "per_client",
+                "client_fin",
+            ),
             "limits",
         )
         values: dict[str, float] = {}
-        for key in ("max_connections", "header_fields"):
+        for key, maximum in (
+            ("max_connections", 1_000_000),
+            ("header_fields", 1_000_000),
+            ("per_client", 1_000_000),
+            ("max_attempts", 100),
+        ):
             if key in entries:
-                number = self.count(entries[key][1], f"limits.{key}", maximum=1_000_000)
+                number = self.count(entries[key][1], f"limits.{key}", maximum=maximum)
                 if number is not None:
                     values[key] = number
         if "header_bytes" in entries:
             number = self.count(entries["header_bytes"][1], "limits.header_bytes", maximum=1 << 20)
             if number is not None:
                 values["header_bytes"] = max(number, 1024)
-        if "client_timeout" in entries:
-            seconds = self.duration(entries["client_timeout"][1], "limits.client_timeout")
-            if seconds is not None:
-                values["client_timeout"] = seconds
+        for key in ("client_timeout", "client_fin"):
+            if key in entries:
+                seconds = self.duration(entries[key][1], f"limits.{key}")
+                if seconds is not None:
+                    values[key] = seconds
         return Limits(**values)  # type: ignore[arg-type]
 
     def read_ports(self, node: Node, path: str) -> tuple[tuple[int, int], ...]:

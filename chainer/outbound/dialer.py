@@ -48,7 +48,7 @@ from ..errors import (
 )
 from ..models import Address, Proxy, Timeouts, Via
 from ..text import fmt_seconds, transport_reason
-from . import connectors as hops
+from . import connectors, tcp
 from .health import Health
 
 T = TypeVar("T")
@@ -183,7 +183,7 @@ class Dialer:
         route: str,
         vias: Sequence[Via],
         target: Address,
-        screen: hops.Screen | None = None,
+        screen: tcp.Screen | None = None,
         *,
         forward: bool = False,
     ) -> Dialed:
@@ -212,7 +212,7 @@ class Dialer:
         raise ChainFailed(route, run.attempts, None, run.skipped)
 
     async def _direct(
-        self, run: _Run, screen: hops.Screen | None
+        self, run: _Run, screen: tcp.Screen | None
     ) -> tuple[ByteStream, list[HopTrace]]:
         target = run.target
         started = anyio.current_time()
@@ -233,7 +233,7 @@ class Dialer:
             run.overall(f"a direct connection to {target}"),
         ]
         try:
-            stream = await _bounded(limits, lambda: hops.open_direct(target, screen))
+            stream = await _bounded(limits, lambda: tcp.open_direct(target, screen))
         except HopError:
             raise  # a limit fired (HopTimeout is an OSError too)
         except OSError as exc:
@@ -468,7 +468,7 @@ class Dialer:
                 try:
                     stream = await _bounded(
                         [reach_limit, run.overall(f"hop {index} ({proxy.name})")],
-                        lambda: hops.open_tcp(proxy.address),
+                        lambda: tcp.open_tcp(proxy.address),
                     )
                 except HopError:
                     raise
@@ -502,7 +502,7 @@ class Dialer:
         try:
             return await _bounded(
                 [limit, run.overall(f"TLS with hop {index} ({proxy.name})")],
-                lambda: hops.start_tls(stream, proxy),
+                lambda: tcp.start_tls(stream, proxy),
             )
         except HopError:
             raise
@@ -592,7 +592,7 @@ class Dialer:
             )
 
         try:
-            return await _bounded(limits, lambda: hops.ask(stream, hop, target))
+            return await _bounded(limits, lambda: connectors.ask(stream, hop, target))
         except BaseException as exc:
             survivor = exc.stream if isinstance(exc, HopAnswer) else None
             if survivor is None or next_proxy is None:

@@ -9,9 +9,9 @@ from anyio.abc import ByteStream
 from .config import load_config
 from .errors import Refused
 from .models import Address, Config
-from .outbound.connectors import Screen
 from .outbound.dialer import Dialed, Dialer
 from .outbound.health import Health
+from .outbound.tcp import Screen
 from .routing.table import Match, RouteTable
 from .routing.target import normalize_host, parse_port
 

@@ -161,6 +161,20 @@ async def _serve(listener: Listener[SocketStream], handler: Callable[[SocketStre
         await listener.serve(handler)
 
 
+class FakeClock:
+    """A clock for `Health(clock=...)` that moves only when a test moves it: breakers open,
+    half-open and close on the test's word, with no sleep."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port() -> int:
     """A loopback port with nothing listening (refused when connected to)."""
     with socket.socket() as s:

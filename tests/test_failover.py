@@ -3,6 +3,8 @@ in place, reporting. Breakers run on a fake clock; dialer scenarios on loopback.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -10,7 +12,15 @@ from pathlib import Path
 
 import anyio
 import pytest
-from fakes import FakeHop, free_port, running_chainer, start_echo, start_hop, task_group
+from fakes import (
+    FakeClock,
+    FakeHop,
+    free_port,
+    running_chainer,
+    start_echo,
+    start_hop,
+    task_group,
+)
 
 from chainer.errors import ChainFailed
 from chainer.models import Address, HopGroup, Proxy, Timeouts, Via
@@ -18,14 +28,6 @@ from chainer.outbound.dialer import Dialer
 from chainer.outbound.health import Breaker, Health
 
 FAST = Timeouts(connect=1.0, handshake=0.5, idle=5.0, deadline=5.0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def node(name: str, port: int = 1, **kw: object) -> Proxy:
@@ -110,6 +112,99 @@ def test_fastest_measures_unknowns_then_keeps_its_leader_through_noise() -> None
     for _ in range(10):
         health.record_success("", b, 0.002)  # b clearly faster now
     assert health.order(group)[0] is b
+
+
+# -- candidates and trials, on a fake clock ------------------------------------------------
+
+
+def _opened(health: Health, *proxies: Proxy, via: str = "") -> None:
+    for p in proxies:
+        health.record_failure(via, p, "down", denied=False)
+
+
+def _half_open(*names: str) -> tuple[FakeClock, Health, list[Proxy]]:
+    """Hops whose circuits opened 5s ago and are due a trial now."""
+    clock = FakeClock()
+    health = Health(clock=clock)
+    proxies = [node(name, fail_timeout=5.0) for name in names]
+    _opened(health, *proxies)
+    clock.advance(5.0)
+    return clock, health, proxies
+
+
+def test_candidates_pass_over_open_circuits_and_say_which() -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    health = Health(clock=FakeClock())
+    _opened(health, b)
+    skipped: list[str] = []
+    got = health.candidates(HopGroup((a, b, c)), "", on_skip=lambda p: skipped.append(p.name))
+    assert [p.name for p in got] == ["a", "c"]
+    assert skipped == ["b"]
+
+
+def test_candidates_leave_out_the_excluded() -> None:
+    a, b = node("a"), node("b")
+    got = Health().candidates(HopGroup((a, b)), "", exclude={"a"})
+    assert [p.name for p in got] == ["b"]
+
+
+def test_when_every_circuit_is_open_the_soonest_to_close_is_let_through_once() -> None:
+    clock = FakeClock()
+    health = Health(clock=clock)
+    x, y = node("x", fail_timeout=30.0), node("y", fail_timeout=5.0)
+    _opened(health, x, y)
+    skipped: list[str] = []
+    got = health.candidates(HopGroup((x, y)), "", on_skip=lambda p: skipped.append(p.name))
+    assert [p.name for p in got] == ["y"]
+    assert skipped == ["x", "y"]
+    assert not health.allow("", y)  # this connection holds y's trial
+    clock.advance(60.0)  # the trial's lease ran out: the next connection may take it
+    assert health.allow("", y)
+
+
+def test_candidates_claim_a_half_open_trial_only_when_its_turn_comes() -> None:
+    _, health, (a, b) = _half_open("a", "b")
+    got = health.candidates(HopGroup((a, b)), "")
+    assert next(got) is a
+    assert not health.allow("", a)  # a's trial is taken...
+    assert health.allow("", b)  # ...b's was not: nobody asked for b
+
+
+@pytest.mark.parametrize(
+    "exc", [None, RuntimeError("failed elsewhere"), asyncio.CancelledError()], ids=repr
+)
+def test_a_trial_left_without_an_outcome_gives_the_half_open_slot_back(
+    exc: BaseException | None,
+) -> None:
+    _, health, (x,) = _half_open("x")
+    (candidate,) = health.candidates(HopGroup((x,)), "")
+    assert not health.allow("", x)  # this connection holds the trial
+    with contextlib.suppress(RuntimeError, asyncio.CancelledError), health.trial("", candidate):
+        if exc is not None:
+            raise exc
+    assert health.allow("", x)  # the clock has not moved: given back, not expired
+    assert health.state("", x) == "half_open"
+
+
+def test_a_trials_outcome_drives_the_breaker_and_the_latency() -> None:
+    clock, health, (x,) = _half_open("x")
+    (candidate,) = health.candidates(HopGroup((x,)), "")
+    with health.trial("", candidate) as trial:
+        trial.failure("still down", denied=False)
+    assert health.state("", x) == "open"  # failed its trial: open again, for twice as long
+    clock.advance(9.9)
+    assert health.state("", x) == "open"
+    clock.advance(0.1)
+    (candidate,) = health.candidates(HopGroup((x,)), "")
+    with health.trial("", candidate) as trial:
+        trial.success(0.020)
+    assert health.state("", x) == "closed"
+    slow = x.handshake_timeout  # a failure counts as this slow for `fastest`
+    assert health.latency(x) == pytest.approx(slow + 0.3 * (0.020 - slow))  # the EWMA
+    with health.trial("", x) as trial:  # reached, then its answer failed: both count
+        trial.success(0.010)
+        trial.failure("answered garbage", denied=False)
+    assert health.state("", x) == "open"
 
 
 # -- dialer scenarios ----------------------------------------------------------------------
@@ -432,10 +527,12 @@ async def test_a_half_open_candidate_retried_after_a_stale_connection_is_not_ski
         echo = await start_echo(tg)
         a = await start_hop(tg, "ok")  # 502 about c1 without Connection: close, then closes
         c2_hop = await start_hop(tg, "ok")
-        health = Health()
-        c2 = proxy(c2_hop, "c2", fail_timeout=0.05)
+        clock = FakeClock()
+        health = Health(clock=clock)
+        c2 = proxy(c2_hop, "c2", fail_timeout=5.0)
         health.record_failure("a", c2, "earlier trouble", denied=False)
-        await anyio.sleep(0.1)  # c2 is half-open now: one trial allowed
+        clock.advance(5.0)  # c2 is half-open now: one trial allowed
+        assert health.state("a", c2) == "half_open"
         via = chain((proxy(a, "a"),), (node("c1", free_port()), c2))
         outcome, charged, skipped = await dial(Dialer(FAST, health), via, echo.port)
     assert (outcome, charged, skipped) == ("ok", [(2, "c1", "connect")], [])
@@ -497,15 +594,17 @@ async def test_running_out_of_attempts_moves_on_to_the_fallback() -> None:
 async def test_a_trial_cut_short_by_the_deadline_is_released() -> None:
     async with task_group() as tg:
         silent_hop = await start_hop(tg, "silent")
-        health = Health()
-        silent = proxy(silent_hop, "silent", handshake_timeout=30.0, fail_timeout=0.05)
+        clock = FakeClock()
+        health = Health(clock=clock)
+        silent = proxy(silent_hop, "silent", handshake_timeout=30.0, fail_timeout=5.0)
         health.record_failure("", silent, "earlier", denied=False)
-        await anyio.sleep(0.1)
+        clock.advance(5.0)  # half-open: this dial takes the one trial
         with pytest.raises(ChainFailed):
             await Dialer(Timeouts(deadline=0.3), health).dial(
                 "r", [chain((silent,))], Address("example.test", 443)
             )
-        # the deadline ended the trial without a verdict: the next connection may try
+        # the deadline ended the trial without a verdict: the next connection may try at
+        # once (the clock has not moved: not the trial's lease running out)
         assert health.allow("", silent)
 
 
@@ -514,10 +613,11 @@ async def test_circuit_closing_is_logged(caplog: pytest.LogCaptureFixture) -> No
     async with task_group() as tg:
         echo = await start_echo(tg)
         hop = await start_hop(tg, "ok")
-        health = Health()
-        p = proxy(hop, "flappy", fail_timeout=0.05)
+        clock = FakeClock()
+        health = Health(clock=clock)
+        p = proxy(hop, "flappy", fail_timeout=5.0)
         health.record_failure("", p, "earlier", denied=False)
-        await anyio.sleep(0.1)
+        clock.advance(5.0)
         with caplog.at_level(logging.INFO, logger="chainer.health"):
             assert (await dial(Dialer(FAST, health), chain((p,)), echo.port))[0] == "ok"
     assert "circuit closed: flappy" in caplog.text

@@ -20,6 +20,12 @@ Order within a group comes from its strategy: failover (as listed), round_robin 
 starting point rotates per connection), random (a fresh shuffle per connection), fastest
 (lowest moving-average setup time over this edge; the current leader keeps its place
 until another candidate is clearly faster, so noise does not make it flap).
+
+A connection asks `candidates(group, via)` for whom to try, in that order, each let
+through its breaker only when its turn comes; it tries each inside `trial(via, proxy)`
+and reports `success(seconds)` or `failure(reason, denied=...)`. A trial that ends with
+neither (cancelled, out of time, failed elsewhere) gives a half-open breaker's one trial
+back at once, so the next connection may take it.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Literal
 
 from ..models import HopGroup, Proxy
@@ -192,20 +199,56 @@ class Health:
             self._breakers[key] = breaker
         return breaker
 
+    def candidates(
+        self,
+        group: HopGroup,
+        via: str = "",
+        *,
+        exclude: Collection[str] = (),
+        on_skip: Callable[[Proxy], None] | None = None,
+    ) -> Iterator[Proxy]:
+        """The group's candidates (by name, less `exclude`) in the order its strategy gives
+        for this connection, each let through its breaker when the caller asks for it (a
+        half-open one's trial is claimed then, so only the ones tried are claimed). Those
+        whose circuit is open are passed over, each told to `on_skip`; when every one was,
+        the one whose circuit closes soonest is let through anyway."""
+        order = [p for p in self.order(group, via) if p.name not in exclude]
+        return self._admit(order, via, on_skip)
+
+    def _admit(
+        self, order: Sequence[Proxy], via: str, on_skip: Callable[[Proxy], None] | None
+    ) -> Iterator[Proxy]:
+        skipped: list[Proxy] = []
+        for proxy in order:
+            if self.allow(via, proxy):
+                yield proxy
+                continue
+            skipped.append(proxy)
+            if on_skip is not None:
+                on_skip(proxy)
+        if skipped and len(skipped) == len(order):
+            # Every candidate's circuit is open: try the one most likely to have recovered.
+            yield self._soonest(via, skipped)
+
+    def trial(self, via: str, proxy: Proxy) -> Trial:
+        """One connection's try of `proxy` reached through `via`, as a context manager;
+        see Trial."""
+        return Trial(self, via, proxy)
+
     def allow(self, via: str, proxy: Proxy) -> bool:
         """May this connection try `proxy` reached through `via` now?"""
         key = (via, proxy.name)
         breaker = self._breakers.get(key)
         return breaker is None or breaker.allow(self._clock())
 
-    def soonest(self, via: str, proxies: Sequence[Proxy]) -> Proxy:
+    def _soonest(self, via: str, proxies: Sequence[Proxy]) -> Proxy:
         """Of candidates whose circuits are all open, the one that will close first;
         it is let through once."""
         chosen = min(proxies, key=lambda p: self._breaker(via, p).closes_at)
         self._breaker(via, chosen).force(self._clock())
         return chosen
 
-    def release(self, via: str, proxy: Proxy) -> None:
+    def _release(self, via: str, proxy: Proxy) -> None:
         """A connection let through an edge's breaker learnt nothing about it (it was
         cancelled, ran out of time, or failed elsewhere): free the trial at once."""
         breaker = self._breakers.get((via, proxy.name))
@@ -281,6 +324,41 @@ class Health:
                 )
             )
         return result
+
+
+@dataclass(slots=True)
+class Trial:
+    """One connection's try of one edge. Its outcome is reported once it is known:
+    `success(seconds)` (reached; the latency feeds `fastest`) or `failure(reason,
+    denied=...)`. A failure found after the hop was reached (its answer about the next
+    hop or the destination) may still follow a success. Leaving the `with` block with no
+    outcome reported frees a half-open breaker's trial at once: this connection learnt
+    nothing about the edge, and the next one should not wait out the lease."""
+
+    health: Health
+    via: str
+    proxy: Proxy
+    reported: bool = False
+
+    def success(self, seconds: float) -> None:
+        self.reported = True
+        self.health.record_success(self.via, self.proxy, seconds)
+
+    def failure(self, reason: str, *, denied: bool) -> None:
+        self.reported = True
+        self.health.record_failure(self.via, self.proxy, reason, denied=denied)
+
+    def __enter__(self) -> Trial:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.reported:
+            self.health._release(self.via, self.proxy)
 
 
 def _edge(via: str, name: str) -> str:

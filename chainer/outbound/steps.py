@@ -1,0 +1,257 @@
+"""The steps a chain is built from, one hop at a time, each under its limits.
+
+How this works. A step is one wait: TCP to hop 1 (or to the destination for a `direct`
+route), TLS to an https hop, or a request to the last hop reached — for the next hop or
+for the destination. Each runs under one cancel scope whose deadline is the earliest of
+the limits that apply to it; each limit carries the `Where` of the hop it blames, so the
+limit that fires names its hop (hop k+1's connect_timeout runs through hop k's answer and
+the TLS after it: "not reached through hop k"). Anything else that interrupts a step goes
+through the blame table once (`blame.py`). Steps know nothing of failover or health:
+they raise the HopError, and the dialer decides whom to charge and what to try next.
+
+Two signals are not failures. `Stale`: a connection kept from a failed request was
+closed by the hop before it answered the next one; reconnect and ask again. `Survived`:
+a hop answered a failure about the next hop and kept its connection, which comes with
+the error so the next candidate can be asked over it (failover in place).
+
+Every step consumes the stream it is given: on any exit but success it is closed,
+cancellation included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+from anyio.abc import ByteStream
+
+from ..errors import ChainFailed, HopAnswer, HopError
+from ..models import Address, Proxy
+from . import connectors, tcp
+from .blame import DeadlineExceeded, Expired, Where, blame, expired, lost_kept_connection
+
+__all__ = [
+    "Deadline",
+    "HopTrace",
+    "Stale",
+    "Survived",
+    "ask_destination",
+    "close_now",
+    "direct",
+    "probe",
+    "reach",
+    "reach_path",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class HopTrace:
+    """One hop actually used: its position, name and how long reaching it took."""
+
+    index: int
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """The connection's overall deadline: `total` seconds from `started`."""
+
+    started: float
+    total: float
+
+    @classmethod
+    def from_now(cls, total: float) -> Deadline:
+        return cls(anyio.current_time(), total)
+
+    def limit(self, waiting: Where) -> Limit:
+        return Limit(self.started + self.total, Expired(self.total, overall=True), waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One deadline on the event loop's clock, and what to blame when it fires."""
+
+    at: float
+    cause: Expired
+    where: Where
+
+
+class Stale(Exception):
+    """A connection kept from a failed request was closed by the hop before it answered
+    the next one (the keep-alive race): rebuild it and ask again, charging no one."""
+
+
+class Survived(Exception):
+    """A hop answered a failure about the next hop and kept its connection open: the next
+    candidate can be asked over the same connection (failover in place)."""
+
+    def __init__(self, error: HopError, stream: ByteStream) -> None:
+        self.error = error
+        self.stream = stream
+
+
+async def close_now(stream: ByteStream | None) -> None:
+    """Close at once, even inside a cancelled scope (where an unshielded await would
+    raise before the next stream in line got closed)."""
+    if stream is not None:
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(stream)
+
+
+async def _bounded(limits: Sequence[Limit], fn: Callable[[], Awaitable[T]]) -> T:
+    """Run fn under the earliest limit; when that limit fires, raise its error."""
+    first = min(limits, key=lambda limit: limit.at)
+    with anyio.CancelScope(deadline=first.at):
+        return await fn()
+    raise expired(first.cause, first.where)
+
+
+async def _translated(limits: Sequence[Limit], where: Where, fn: Callable[[], Awaitable[T]]) -> T:
+    """`_bounded`, with whatever else interrupts fn translated by the blame table."""
+    try:
+        return await _bounded(limits, fn)
+    except Exception as exc:
+        error = blame(exc, where)
+        if error is None:
+            raise
+        raise error from None
+
+
+async def direct(
+    target: Address, screen: tcp.Screen | None, connect: float, deadline: Deadline
+) -> ByteStream:
+    """TCP to the destination itself (a `direct` route), within `connect` seconds."""
+    where = Where(0, "direct", "connect", str(target))
+    limits = [Limit(anyio.current_time() + connect, Expired(connect), where), deadline.limit(where)]
+    return await _translated(limits, where, lambda: tcp.open_direct(target, screen))
+
+
+async def reach(
+    prev: ByteStream | None,
+    path: Sequence[Proxy],
+    proxy: Proxy,
+    deadline: Deadline,
+    *,
+    reused: bool = False,
+) -> ByteStream:
+    """A stream to `proxy`, ready for its request: TCP for hop 1, else a request to
+    path[-1] over `prev` (kept from a failed request when `reused`); then TLS for an https
+    hop. All of it within the proxy's connect_timeout. Consumes `prev`."""
+    index = len(path) + 1
+    previous = path[-1].name if path else ""
+    blamed = Where(index, proxy.name, "connect", proxy.describe(), previous)
+    reach_limit = Limit(
+        anyio.current_time() + proxy.connect_timeout, Expired(proxy.connect_timeout), blamed
+    )
+    stream: ByteStream | None = None
+    try:
+        if not path:
+            stream = await _translated(
+                [reach_limit, deadline.limit(blamed)], blamed, lambda: tcp.open_tcp(proxy.address)
+            )
+        else:
+            assert prev is not None
+            through, prev = prev, None
+            stream = await _ask(through, path, proxy.address, deadline, proxy, reach_limit, reused)
+        if proxy.scheme == "https":
+            tls = Where(index, proxy.name, "tls", proxy.describe(), previous)
+            tunnel = stream
+            stream = await _translated(
+                [reach_limit, deadline.limit(tls)], tls, lambda: tcp.start_tls(tunnel, proxy)
+            )
+        return stream
+    except BaseException:
+        await close_now(prev)
+        await close_now(stream)
+        raise
+
+
+async def ask_destination(
+    stream: ByteStream, path: Sequence[Proxy], target: Address, deadline: Deadline
+) -> ByteStream:
+    """Ask the last hop of `path`, reached over `stream`, for the destination."""
+    return await _ask(stream, path, target, deadline)
+
+
+async def _ask(
+    stream: ByteStream,
+    path: Sequence[Proxy],
+    target: Address,
+    deadline: Deadline,
+    next_proxy: Proxy | None = None,
+    reach_limit: Limit | None = None,
+    reused: bool = False,
+) -> ByteStream:
+    """Ask path[-1] for `target`: the next hop (`next_proxy`, whose `reach_limit` runs on)
+    or the destination. Consumes `stream`."""
+    hop = path[-1]
+    next_name = None if next_proxy is None else next_proxy.name
+    where = Where(len(path), hop.name, "handshake", str(target), next_hop=next_name)
+    now = anyio.current_time()
+    limits = [Limit(now + hop.handshake_timeout, Expired(hop.handshake_timeout), where)]
+    if reach_limit is not None:
+        limits.append(reach_limit)
+    # Last: when a hop's own limit and the deadline fall together, the hop is named.
+    limits.append(deadline.limit(where))
+    try:
+        return await _bounded(limits, lambda: connectors.ask(stream, hop, target))
+    except BaseException as exc:
+        survivor = exc.stream if isinstance(exc, HopAnswer) else None
+        if survivor is None or next_proxy is None:
+            await close_now(survivor)
+            await close_now(stream)
+            survivor = None
+        if reused and lost_kept_connection(exc):
+            raise Stale() from None
+        error = blame(exc, where)
+        if error is None:
+            raise  # a limit fired (already blamed), or not a hop's failure
+        if survivor is not None and isinstance(error, HopError):
+            raise Survived(error, survivor) from None
+        raise error from None
+
+
+async def reach_path(
+    path: Sequence[Proxy], deadline: Deadline, trace: list[HopTrace] | None = None
+) -> ByteStream:
+    """Reach every node of `path` in order, hop 1 directly and each next one through the
+    ones before, appending to `trace` as each is reached. No failover: the first failure
+    raises its HopError (a hop's connection that survived it is closed)."""
+    stream: ByteStream | None = None
+    for pos, proxy in enumerate(path):
+        started = anyio.current_time()
+        try:
+            stream = await reach(stream, path[:pos], proxy, deadline)
+        except Survived as exc:
+            await close_now(exc.stream)
+            raise exc.error from None
+        if trace is not None:
+            trace.append(HopTrace(pos + 1, proxy.name, anyio.current_time() - started))
+    assert stream is not None
+    return stream
+
+
+async def probe(
+    path: Sequence[Proxy], target: Proxy | Address | None, total: float
+) -> tuple[ByteStream, list[HopTrace]]:
+    """For `chainer check`: reach every node of `path`, then, if given, `target` (one
+    more hop, or a destination asked of the last hop), within `total` seconds. No
+    failover: the first failure raises HopError (or ChainFailed when the deadline ran
+    out). The caller closes the stream."""
+    deadline = Deadline.from_now(total)
+    nodes = [*path, target] if isinstance(target, Proxy) else list(path)
+    trace: list[HopTrace] = []
+    try:
+        stream = await reach_path(nodes, deadline, trace)
+        if isinstance(target, Address):
+            started = anyio.current_time()
+            stream = await ask_destination(stream, nodes, target, deadline)
+            trace.append(HopTrace(len(nodes) + 1, str(target), anyio.current_time() - started))
+    except DeadlineExceeded as exc:
+        raise ChainFailed("check", (), str(exc)) from None
+    return stream, trace

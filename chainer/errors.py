@@ -66,6 +66,9 @@ class HopError(ChainerError):
     destination (the last hop could not reach the destination).
     status: the upstream's own code (HTTP status or SOCKS reply), when it gave one.
     proxy_status: the RFC 9209 error type for a `Proxy-Status` header.
+    denied: the hop refused us (credentials, policy): a configuration problem.
+    generic: the hop's answer does not say whether it or the destination failed
+    (SOCKS 0x01, HTTP 500): see Health.generic_failure.
     """
 
     timeout = False
@@ -80,6 +83,7 @@ class HopError(ChainerError):
         status: int | None = None,
         proxy_status: str = "proxy_internal_error",
         denied: bool = False,
+        generic: bool = False,
     ) -> None:
         self.index = index
         self.hop = hop
@@ -88,6 +92,7 @@ class HopError(ChainerError):
         self.status = status
         self.proxy_status = proxy_status
         self.denied = denied
+        self.generic = generic
         self.elapsed = 0.0  # seconds into the connection's set-up when it happened
         super().__init__(self.describe())
 
@@ -170,11 +175,20 @@ class HopAnswer(ChainerError):
     "failed" (anything else: the hop itself is at fault).
     """
 
-    def __init__(self, kind: str, status: int, text: str, stream: ByteStream | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        status: int,
+        text: str,
+        stream: ByteStream | None = None,
+        *,
+        dns: bool = False,
+    ) -> None:
         self.kind = kind
         self.status = status
         self.text = text
         self.stream = stream  # the hop's connection, when it survived the failure
+        self.dns = dns  # the hop said it could not resolve the name it was asked for
         super().__init__(text)
 
 

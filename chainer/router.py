@@ -26,7 +26,7 @@ class Router:
     def __init__(self, config: Config, health: Health | None = None) -> None:
         self.config = config
         self.table = RouteTable(config.routes)
-        self.dialer = Dialer(config.defaults, health)
+        self.dialer = Dialer(config.defaults, health, max_attempts=config.limits.max_attempts)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Router:

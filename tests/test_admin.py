@@ -228,15 +228,17 @@ def test_routes_json_shape(world: World) -> None:
 
 def test_hops_json_states(world: World) -> None:
     edges = {(e["from"], e["hop"]): e for e in hops_json(world.health)["edges"]}
-    assert edges[("", "corp")] == {
-        "from": "",
+    assert edges[("-", "corp")] == {  # "-" is this machine, as in the metrics
+        "from": "-",
         "hop": "corp",
         "state": "closed",
         "latency_ms": 12.5,
         "closes_in": None,
+        "failures": 0,
         "last_reason": "",
     }
     assert edges[("corp", "bastion")]["state"] == "open"
+    assert edges[("corp", "bastion")]["failures"] == 1
     assert edges[("corp", "bastion")]["closes_in"] == 10.0
     assert edges[("corp", "bastion")]["last_reason"] == "no answer in 2s"
     assert edges[("corp", "bastion2")]["state"] == "half_open"
@@ -285,7 +287,7 @@ async def test_routes_and_hops_over_http(world: World) -> None:
     assert routes.json() == routes_json(world.config)
     states = {(e["from"], e["hop"]): e["state"] for e in hops.json()["edges"]}
     assert states == {
-        ("", "corp"): "closed",
+        ("-", "corp"): "closed",
         ("corp", "bastion"): "open",
         ("corp", "bastion2"): "half_open",
     }

@@ -15,6 +15,7 @@ import pytest
 from chainer.errors import (
     HopAnswer,
     HopClosed,
+    HopError,
     HopProtocolError,
     HopTimeout,
     HopUnreachable,
@@ -237,11 +238,31 @@ ROWS: list[tuple[Cause, Where, tuple[object, ...]]] = [
         (U, 1, "corp", "handshake", "proxy_internal_response", 500, False,
          "hop 1 (corp): answered 500 Internal Server Error"),
     ),
+    # -- the last hop's generic failure about the destination: the destination's, flagged --------
     (
         HopAnswer("failed", 0, "socks4 cannot send the name lab.internal"),
         ASK2,
-        (U, 2, "bastion", "handshake", "proxy_internal_response", None, False,
-         "hop 2 (bastion): socks4 cannot send the name lab.internal"),
+        (U, 2, "bastion", "destination", "destination_unavailable", None, False,
+         "hop 2 (bastion): could not reach example.com:443: socks4 cannot send the name "
+         "lab.internal"),
+    ),
+    (
+        HopAnswer("failed", 1, "answered 0x01 (general failure)"),
+        ASK2,
+        (U, 2, "bastion", "destination", "destination_unavailable", 1, False,
+         "hop 2 (bastion): could not reach example.com:443: answered 0x01 (general failure)"),
+    ),
+    (
+        HopAnswer("failed", 500, "answered 500 Unable to connect"),
+        ASK2,
+        (U, 2, "bastion", "destination", "destination_unavailable", 500, False,
+         "hop 2 (bastion): could not reach example.com:443: answered 500 Unable to connect"),
+    ),
+    (
+        HopAnswer("unreachable", 503, "answered 503 Service Unavailable", dns=True),
+        ASK2,
+        (U, 2, "bastion", "destination", "dns_error", 503, False,
+         "hop 2 (bastion): could not reach example.com:443: answered 503 Service Unavailable"),
     ),
     (
         HopProtocolError("not an HTTP answer: 'SSH-2.0-OpenSSH_9.2'"),
@@ -321,3 +342,24 @@ def test_not_a_hops_failure(cause: BaseException, where: Where) -> None:
 )
 def test_a_kept_connection_lost_before_the_answer(cause: BaseException, lost: bool) -> None:
     assert lost_kept_connection(cause) is lost
+
+
+@pytest.mark.parametrize(
+    ("answer", "generic"),
+    [
+        (HopAnswer("failed", 1, "answered 0x01 (general failure)"), True),
+        (HopAnswer("failed", 500, "answered 500 Unable to connect"), True),
+        (HopAnswer("failed", 0, "socks4 cannot send the name x.example"), False),
+        (HopAnswer("unreachable", 4, "answered 0x04 (host unreachable)"), False),
+        (HopAnswer("unreachable", 503, "answered 503", dns=True), False),
+    ],
+)
+def test_only_a_generic_answer_about_the_destination_is_flagged(
+    answer: HopAnswer, generic: bool
+) -> None:
+    error = blame(answer, ASK2)
+    assert isinstance(error, HopError)
+    assert error.generic is generic
+    inner = blame(answer, ASK1)  # the same answer about a next hop is never "generic"
+    assert isinstance(inner, HopError)
+    assert inner.generic is False

@@ -111,7 +111,7 @@ def test_admin_endpoint_on_a_running_instance(
     assert "topsecret" not in routes
     assert json.loads(routes)["routes"][0]["via"]["label"] == "lab"
     hops = json.loads(fetch(f"http://127.0.0.1:{admin}/hops")[1])
-    assert {"from": "", "hop": "corp", "state": "open"}.items() <= hops["edges"][0].items()
+    assert {"from": "-", "hop": "corp", "state": "open"}.items() <= hops["edges"][0].items()
     # a reload is counted
     c.signal(signal.SIGHUP)
     c.wait_log("reloaded")

@@ -199,8 +199,7 @@ def test_a_trials_outcome_drives_the_breaker_and_the_latency() -> None:
     with health.trial("", candidate) as trial:
         trial.success(0.020)
     assert health.state("", x) == "closed"
-    slow = x.handshake_timeout  # a failure counts as this slow for `fastest`
-    assert health.latency(x) == pytest.approx(slow + 0.3 * (0.020 - slow))  # the EWMA
+    assert health.latency(x) == pytest.approx(0.020)  # failures never enter the latency
     with health.trial("", x) as trial:  # reached, then its answer failed: both count
         trial.success(0.010)
         trial.failure("answered garbage", denied=False)
@@ -267,7 +266,7 @@ async def test_refused_and_502_candidates_cost_no_timeout() -> None:
             (node("gone", free_port()), proxy(bad502, "bad502"), proxy(good, "good")),
         )
         started = time.monotonic()
-        outcome, charged, _ = await dial(Dialer(FAST), via, echo.port)
+        outcome, charged, _ = await dial(Dialer(FAST, max_attempts=16), via, echo.port)
         assert time.monotonic() - started < 0.4
     assert outcome == "ok"
     # "gone" is charged with the 502 hop 1 gave about it; bad502 with nothing: its 502
@@ -311,13 +310,10 @@ async def test_health_is_per_edge() -> None:
         assert health.state("corp-a", bastion) == "open"
         assert health.state("corp-b", bastion) == "closed"
         assert health.state("", bastion) == "closed"
-        # via corp-a: bastion is skipped, and since it is the only candidate it is still
-        # tried (most likely to recover), and works: its circuit closes
-        assert await dial(dialer, chain((a,), (bastion,)), echo.port) == (
-            "ok",
-            [],
-            [(2, "bastion")],
-        )
+        # via corp-a: bastion's circuit is open, and since it is the only candidate it is
+        # still tried (most likely to recover), and works: its circuit closes. The log
+        # line must not call it skipped: it was used.
+        assert await dial(dialer, chain((a,), (bastion,)), echo.port) == ("ok", [], [])
         assert health.state("corp-a", bastion) == "closed"
         assert await dial(dialer, chain((b,), (bastion,)), echo.port) == ("ok", [], [])
 
@@ -331,7 +327,7 @@ async def test_when_every_candidate_is_open_the_soonest_to_recover_is_tried() ->
     health.record_failure("", y, "down", denied=False)
     outcome, charged, skipped = await dial(Dialer(FAST, health), chain((x, y)), 9)
     assert outcome == "failed"
-    assert skipped == [(1, "x"), (1, "y")]
+    assert skipped == [(1, "x")]  # y was tried after all: not "skipped"
     assert charged == [(1, "y", "connect")]  # y reopens sooner: it alone was tried
 
 
@@ -621,3 +617,115 @@ async def test_circuit_closing_is_logged(caplog: pytest.LogCaptureFixture) -> No
         with caplog.at_level(logging.INFO, logger="chainer.health"):
             assert (await dial(Dialer(FAST, health), chain((p,)), echo.port))[0] == "ok"
     assert "circuit closed: flappy" in caplog.text
+
+
+# -- a success is an answer; failures are not latency; generic failures -------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("behaviour", ["silent", "garbage", "close_mid"])
+async def test_a_hop_that_accepts_tcp_but_never_answers_backs_off_as_promised(
+    behaviour: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reaching a hop is not a success: its circuit never logs "closed", and each time its
+    trial fails it reopens for twice as long (10s, 20s, 40s, 80s)."""
+    clock = FakeClock()
+    health = Health(clock=clock)
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        bad = await start_hop(tg, behaviour)
+        hop = proxy(bad, "bad", handshake_timeout=0.2, fail_timeout=10.0)
+        dialer = Dialer(FAST, health)
+        open_for = []
+        with caplog.at_level(logging.DEBUG, logger="chainer.health"):
+            for _ in range(4):
+                assert (await dial(dialer, chain((hop,)), echo.port))[0] == "failed"
+                (edge,) = health.edges()
+                assert edge.state == "open"
+                assert edge.closes_in is not None
+                open_for.append(round(edge.closes_in))
+                clock.advance(edge.closes_in)
+    assert open_for == [10, 20, 40, 80]
+    assert "circuit closed" not in caplog.text
+    opened = [r for r in caplog.records if r.getMessage().startswith("circuit open: bad")]
+    assert len(opened) == 1, "one warning per episode"
+    assert opened[0].levelno == logging.WARNING
+    assert health.latency(hop) is None  # it never answered: no set-up time measured
+
+
+@pytest.mark.anyio
+async def test_latency_is_only_successful_set_ups_and_failures_are_counted_apart() -> None:
+    clock = FakeClock()
+    health = Health(clock=clock)
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        good = await start_hop(tg, "ok")
+        silent = await start_hop(tg, "silent")
+        fast = proxy(good, "good")
+        slow = proxy(silent, "silent", handshake_timeout=0.3)
+        dialer = Dialer(FAST, health)
+        assert (await dial(dialer, chain((fast,)), echo.port))[0] == "ok"
+        assert (await dial(dialer, chain((slow,)), echo.port))[0] == "failed"
+    edges = {e.proxy: e for e in health.edges()}
+    assert edges["good"].latency is not None
+    assert edges["good"].latency < 0.1  # loopback: well under the 0.3s timeout
+    assert edges["good"].failures == 0
+    assert edges["silent"].latency is None  # not "as slow as its timeout"
+    assert edges["silent"].failures == 1
+
+
+def test_fastest_puts_candidates_that_failed_since_their_last_success_last() -> None:
+    health = Health()
+    a, b, c = node("a"), node("b"), node("c")
+    group = HopGroup((a, b, c), "fastest")
+    health.record_success("", a, 0.010)
+    health.record_success("", b, 0.002)
+    health.record_failure("", b, "down", denied=False)
+    # c was never measured: tried first, once; b is fastest on paper but failed since
+    assert [p.name for p in health.order(group)] == ["c", "a", "b"]
+    health.record_success("", b, 0.002)
+    assert [p.name for p in health.order(group)][1:] == ["b", "a"]
+
+
+@pytest.mark.anyio
+async def test_a_mistyped_destination_takes_no_healthy_hop_down() -> None:
+    """A last hop's generic failure (here HTTP 500, as tinyproxy answers for a name it
+    cannot resolve) is the destination's: destination_unavailable, and no circuit opens
+    however often the same name is asked for."""
+    health = Health()
+    async with task_group() as tg:
+        a = await start_hop(tg, "status:500")
+        b = await start_hop(tg, "status:500")
+        group = (proxy(a, "a"), proxy(b, "b"))
+        dialer = Dialer(FAST, health)
+        for _ in range(2):
+            try:
+                await dialer.dial("r", [chain(group)], Address("typo.example", 443))
+            except ChainFailed as exc:
+                last = exc.last
+                assert last is not None
+                assert (last.phase, last.proxy_status, last.generic) == (
+                    "destination",
+                    "destination_unavailable",
+                    True,
+                )
+            else:
+                pytest.fail("a 500 about the destination cannot be a tunnel")
+        assert health.state("", group[0]) == "closed"
+        assert health.state("", group[1]) == "closed"
+
+
+@pytest.mark.anyio
+async def test_a_hop_that_fails_every_destination_is_still_found_out() -> None:
+    health = Health()
+    async with task_group() as tg:
+        broken = await start_hop(tg, "status:500")
+        hop = proxy(broken, "broken")
+        dialer = Dialer(FAST, health)
+        states = []
+        for name in ("one.example", "two.example", "one.example", "three.example"):
+            with contextlib.suppress(ChainFailed):
+                await dialer.dial("r", [chain((hop,))], Address(name, 443))
+            states.append(health.state("", hop))
+    # two distinct destinations: still theirs; the third distinct one: the hop's
+    assert states == ["closed", "closed", "closed", "open"]

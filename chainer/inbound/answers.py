@@ -97,13 +97,18 @@ def failure_for(exc: ChainerError) -> Failure:
                 error,
                 outcome="timeout" if exc.reason is not None else "failed",
             )
+        if last.phase == "destination" and not last.timeout:
+            # The last hop could not reach the destination: no hop failed.
+            outcome = "unreachable"
+        else:
+            outcome = "timeout" if last.timeout else "failed"
         return Failure(
             504 if last.timeout else 502,
             _socks5_reply(last),
             message,
             last.proxy_status,
             last.status,
-            outcome="timeout" if last.timeout else "failed",
+            outcome=outcome,
         )
     return Failure(502, codes.REP_GENERAL_FAILURE, str(exc), "proxy_internal_error")
 

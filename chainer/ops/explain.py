@@ -88,13 +88,15 @@ class LiveHealthView:
     def note(self, via: str, proxy_name: str) -> str:
         for edge in self._health.edges():
             if (edge.via, edge.proxy) == (via, proxy_name):
-                return _note(edge.closes_in, edge.last_reason if edge.state != "closed" else "")
+                failing = edge.state != "closed" or edge.failures
+                return _note(edge.closes_in, edge.last_reason if failing else "", edge.failures)
         return ""
 
 
 class HopsView:
     """A HealthView over the admin endpoint's `/hops` JSON:
-    {"edges": [{"from", "hop", "state", "latency_ms", "closes_in", "last_reason"}]}.
+    {"edges": [{"from", "hop", "state", "latency_ms", "closes_in", "failures", "last_reason"}]},
+    where "from" is "-" for hop 1 (this machine).
     An edge the endpoint does not list has never been used: closed, not measured."""
 
     def __init__(self, edges: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
@@ -112,7 +114,7 @@ class HopsView:
             source, hop = edge.get("from"), edge.get("hop")
             if not isinstance(source, str) or not isinstance(hop, str):
                 raise ValueError(f'edges[{i}]: "from" and "hop" must be strings')
-            edges[(source, hop)] = edge
+            edges[("" if source == "-" else source, hop)] = edge  # "-": this machine
         return cls(edges)
 
     def state(self, via: str, proxy_name: str) -> str:
@@ -129,10 +131,13 @@ class HopsView:
         if not edge:
             return ""
         closes_in = edge.get("closes_in")
-        reason = edge.get("last_reason") if edge.get("state") != "closed" else ""
+        failures = edge.get("failures")
+        failures = failures if isinstance(failures, int) else 0
+        reason = edge.get("last_reason") if edge.get("state") != "closed" or failures else ""
         return _note(
             float(closes_in) if isinstance(closes_in, int | float) else None,
             reason if isinstance(reason, str) else "",
+            failures,
         )
 
 
@@ -391,8 +396,10 @@ def _resolution_chain(via: Via, target: Address) -> tuple[Resolution, ...]:
 # -- rendering ----------------------------------------------------------------------------
 
 
-def _note(closes_in: float | None, reason: str) -> str:
+def _note(closes_in: float | None, reason: str, failures: int = 0) -> str:
     parts = []
+    if failures:
+        parts.append(f"{failures} failure{'s' if failures != 1 else ''} since it last worked")
     if closes_in is not None:
         parts.append(
             f"closes in {fmt_seconds(math.ceil(closes_in) if closes_in >= 1 else closes_in)}"

@@ -187,17 +187,29 @@ def _answer(cause: BaseException, where: Where) -> HopError | None:
 
 def _hop_said(answer: HopAnswer, where: Where) -> HopError:
     status = answer.status or None
-    if answer.kind in ("unreachable", "timeout"):
+    if where.next_hop is None and answer.kind in ("unreachable", "timeout", "failed"):
+        # The last hop about the destination: the destination's failure, charged to no
+        # hop. A generic failure (SOCKS 0x01, HTTP 500) may hide the hop's own trouble:
+        # flagged, for the dialer to weigh (Health.generic_failure). A status of 0 means
+        # the connector refused before asking (socks4 and a name): not generic either.
         cls: type[HopError] = HopTimeout if answer.kind == "timeout" else HopUnreachable
-        if where.next_hop is None:
-            return cls(
-                where.index,
-                where.hop,
-                "destination",
-                f"could not reach {where.target}: {answer.text}",
-                status=status,
-                proxy_status="connection_timeout" if cls.timeout else "destination_unavailable",
-            )
+        if answer.dns:
+            proxy_status = "dns_error"
+        elif cls.timeout:
+            proxy_status = "connection_timeout"
+        else:
+            proxy_status = "destination_unavailable"
+        return cls(
+            where.index,
+            where.hop,
+            "destination",
+            f"could not reach {where.target}: {answer.text}",
+            status=status,
+            proxy_status=proxy_status,
+            generic=answer.kind == "failed" and bool(answer.status),
+        )
+    if answer.kind in ("unreachable", "timeout") and where.next_hop is not None:
+        cls = HopTimeout if answer.kind == "timeout" else HopUnreachable
         # Hop k's answer about hop k+1: hop k+1's failure, as reached from hop k.
         return cls(
             where.index + 1,

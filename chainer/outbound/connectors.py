@@ -29,7 +29,7 @@ from ..proto.http import (
 )
 from ..proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, Socks5Client
 from ..relay.streams import with_prefix
-from ..text import READ_SIZE
+from ..text import READ_SIZE, printable
 
 __all__ = ["ask", "http_connect", "socks4_connect", "socks5_connect"]
 
@@ -152,15 +152,25 @@ async def http_connect(stream: ByteStream, proxy: Proxy, target: Address) -> Byt
         return with_prefix(stream, reader.trailing_data)
     assert isinstance(event, Refused)
     status = event.status
-    text = f"answered {status} {event.reason}".rstrip()
+    text = f"answered {status} {printable(event.reason)}".rstrip()
     if status in _DENIED:
         raise HopAnswer("denied", status, text)
+    dns = _says_dns_failed(event.headers)
     # The answer was read whole and the hop keeps the connection: it can be asked again.
     survivor = with_prefix(stream, reader.trailing_data) if event.reusable else None
     if status == 504:
-        raise HopAnswer("timeout", status, text, survivor)
+        raise HopAnswer("timeout", status, text, survivor, dns=dns)
     if status in _UNREACHABLE:
-        raise HopAnswer("unreachable", status, text, survivor)
+        raise HopAnswer("unreachable", status, text, survivor, dns=dns)
     if survivor is not None:
         await anyio.aclose_forcefully(survivor)
-    raise HopAnswer("failed", status, text)
+    raise HopAnswer("failed", status, text, dns=dns)
+
+
+def _says_dns_failed(headers: tuple[tuple[str, str], ...]) -> bool:
+    """squid names its error page in `X-Squid-Error`; ERR_DNS_FAIL is "could not resolve
+    the name". Other proxies say nothing machine-readable about why."""
+    return any(
+        name.lower() == "x-squid-error" and value.startswith("ERR_DNS_FAIL")
+        for name, value in headers
+    )

@@ -22,6 +22,17 @@ with the same nodes (a failed CONNECT usually costs the previous hop's connectio
 failure charged to an earlier position unwinds to that position (backtracking); a
 position whose candidates are exhausted makes the position before it try its next one.
 Every failure is kept, in order, for the client's error and the log line.
+
+A hop's health hears of success only when the hop has *answered*: reaching hop k is
+`reached`, and hop k's trial is told `answered` by the step that reads its answer (the
+next hop reached through it, or its answer about the destination, or its answer that
+the next hop failed). A generic failure answer from the last hop about the destination
+is weighed by health (see health.py) rather than charged.
+
+One budget (`max_attempts`) counts every upstream connection and every request sent to
+a hop, prefix rebuilds included, across failovers: a request through a chain whose hops
+are all down costs at most that many, not dozens. Each fallback way still gets one try
+of its own (its hops and the destination) beyond what was spent before it.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from .tcp import Screen
 
 __all__ = ["MAX_ATTEMPTS", "Dialed", "Dialer", "HopTrace"]
 
-MAX_ATTEMPTS = 16
+MAX_ATTEMPTS = 8  # the default of limits.max_attempts
 
 
 @dataclass(slots=True)
@@ -81,7 +92,19 @@ class _Run:
     denied: set[str] = field(default_factory=set)  # hops that refused us: not asked again
     forward: bool = False  # a plain-HTTP request: an HTTP last hop gets it as is
     forward_to: Proxy | None = None
-    tries: int = 0
+    budget: int = MAX_ATTEMPTS
+    spent: int = 0  # upstream connections opened and requests sent
+
+    def spend(self, cost: int) -> None:
+        if self.spent + cost > self.budget:
+            raise _BudgetExhausted(f"gave up after {self.spent} upstream attempts")
+        self.spent += cost
+
+    def tried(self, pos: int, name: str) -> None:
+        """A candidate skipped earlier (circuit open) was tried after all: no longer
+        skipped, as far as the log line is concerned."""
+        if (pos + 1, name) in self.skipped:
+            self.skipped.remove((pos + 1, name))
 
     def fail(self, error: HopError) -> HopError:
         error.elapsed = anyio.current_time() - self.deadline.started
@@ -110,9 +133,12 @@ class _Link:
 
 
 class Dialer:
-    def __init__(self, defaults: Timeouts, health: Health | None = None) -> None:
+    def __init__(
+        self, defaults: Timeouts, health: Health | None = None, *, max_attempts: int = MAX_ATTEMPTS
+    ) -> None:
         self.defaults = defaults
         self.health = health or Health()
+        self.max_attempts = max_attempts
 
     async def dial(
         self,
@@ -126,18 +152,28 @@ class Dialer:
         """Reach `target` by the first of `vias` that works, within the deadline.
         `screen(ip, port)` vets each address a `direct` connection resolves to (it raises
         Refused to forbid one)."""
-        run = _Run(target, Deadline.from_now(self.defaults.deadline), forward=forward)
+        run = _Run(
+            target,
+            Deadline.from_now(self.defaults.deadline),
+            forward=forward,
+            budget=self.max_attempts,
+        )
         for position, via in enumerate(vias):
             if via.kind == "reject":
                 if position == 0:
                     raise Refused(f"{route} rejects {target}", route)
                 break
             trace: list[HopTrace] = []
+            if position > 0:
+                # A fallback always gets one try of its own, whatever the way before it
+                # spent; the budget bounds what failover within a way may multiply.
+                run.budget = max(run.budget, run.spent + 1 + len(via.hops))
             try:
                 if via.kind == "direct":
+                    run.spend(1)
                     stream = await self._direct(run, screen, trace)
                 else:
-                    stream = await self._extend(via, run, None, 0, [], trace)
+                    stream = await self._extend(via, run, None, 0, [], trace, None)
             except (_Exhausted, _BudgetExhausted, HopError):
                 continue
             except DeadlineExceeded as exc:
@@ -169,17 +205,23 @@ class Dialer:
         pos: int,
         path: list[Proxy],
         trace: list[HopTrace],
+        parent: Trial | None,
     ) -> ByteStream:
-        """Consumes `prev` (a stream that reaches path[-1]); returns one to the destination."""
+        """Consumes `prev` (a stream that reaches path[-1]); returns one to the destination.
+        `parent` is path[-1]'s trial, told `answered` when that hop's answer is read."""
         if pos == len(via.hops):
             assert prev is not None
+            assert parent is not None
             if run.forward and path[-1].scheme in ("http", "https"):
                 # An HTTP proxy takes a plain-HTTP request as it is; many (squid's
                 # default) refuse to CONNECT to port 80.
                 run.forward_to = path[-1]
                 return prev
+            run.spend(1)
             with run.recording():
-                return await steps.ask_destination(prev, path, run.target, run.deadline)
+                stream = await steps.ask_destination(prev, path, run.target, run.deadline)
+            parent.answered()
+            return stream
         edge_from = path[-1].name if path else ""
         link = _Link(prev)
         candidates = self.health.candidates(
@@ -188,30 +230,33 @@ class Dialer:
             exclude=frozenset(run.denied),  # as they stand now, when the order is made
             on_skip=lambda proxy: run.skipped.append((pos + 1, proxy.name)),
         )
+        target = str(run.target)
         # How this position's candidates failed: all "not reached in time through the
         # previous hop" means the previous hop is the silent one. All "the destination is
         # unreachable" means earlier positions need not be retried.
         timeouts = destinations = failures = 0
         try:
             for candidate in candidates:
+                run.tried(pos, candidate.name)
                 with self.health.trial(edge_from, candidate) as trial:
-                    if run.tries >= MAX_ATTEMPTS:
-                        raise _BudgetExhausted(f"gave up after {MAX_ATTEMPTS} attempts")
-                    run.tries += 1
                     try:
                         stream, seconds = await self._next(run, link, path, candidate)
                     except HopError as exc:
-                        if not self._charge(run, exc, pos, trial):
+                        if parent is not None and _previous_answered(exc, pos):
+                            parent.answered()
+                        if not self._charge(run, exc, pos, trial, target):
                             raise  # the previous hop is at fault: unwind to it
                         failures += 1
                         # no answer at all from the previous hop (not its 504)
                         timeouts += exc.timeout and exc.phase == "connect" and not exc.status
                         continue
-                    trial.success(seconds)
+                    if parent is not None:
+                        parent.answered()  # it answered our request for this candidate
+                    trial.reached(seconds)
                     trace.append(HopTrace(pos + 1, candidate.name, seconds))
                     try:
                         return await self._extend(
-                            via, run, stream, pos + 1, [*path, candidate], trace
+                            via, run, stream, pos + 1, [*path, candidate], trace, trial
                         )
                     except _Exhausted as exc:
                         del trace[pos:]
@@ -222,7 +267,7 @@ class Dialer:
                             raise
                     except HopError as exc:
                         del trace[pos:]
-                        if not self._charge(run, exc, pos, trial):
+                        if not self._charge(run, exc, pos, trial, target):
                             raise
                         failures += 1
                         destinations += exc.phase == "destination"
@@ -244,7 +289,9 @@ class Dialer:
         leaves it in `link`, to ask the next candidate over it."""
         for _ in range(2):  # a kept connection found closed is replaced once
             if link.stream is None and path:
+                run.spend(len(path))
                 link.stream = await self._rebuild(run, path)
+            run.spend(1)
             prev, reused = link.stream, link.reused
             link.stream, link.reused = None, False  # reach consumes it, whatever happens
             started = anyio.current_time()
@@ -259,16 +306,23 @@ class Dialer:
             return stream, anyio.current_time() - started
         raise AssertionError("a rebuilt connection is never stale")  # pragma: no cover
 
-    def _charge(self, run: _Run, error: HopError, pos: int, trial: Trial) -> bool:
+    def _charge(self, run: _Run, error: HopError, pos: int, trial: Trial, target: str) -> bool:
         """Charge `error` to the candidate on trial if it is the one at fault; False when
         the fault lies at an earlier position. A failure of the destination (as reported
-        by the last hop) is charged to no hop: another last hop may still reach it."""
+        by the last hop) is charged to no hop — another last hop may still reach it — but
+        it is an answer; a generic one is weighed by health instead."""
         if error.index - 1 < pos:
             return False
-        if error.index - 1 == pos and error.phase != "destination":
+        if error.index - 1 != pos:
+            return True
+        if error.phase != "destination":
             trial.failure(error.reason, denied=error.denied)
             if error.denied:
                 run.denied.add(trial.proxy.name)
+        elif not error.generic:
+            trial.answered()
+        elif trial.generic_failure(target, error.reason):
+            error.generic = False  # charged: it is the hop's, as far as anyone can tell
         return True
 
     async def _rebuild(self, run: _Run, path: list[Proxy]) -> ByteStream:
@@ -276,3 +330,10 @@ class Dialer:
         here is charged like any other (and unwinds to the position at fault)."""
         with run.recording():
             return await steps.reach_path(path, run.deadline)
+
+
+def _previous_answered(error: HopError, pos: int) -> bool:
+    """Did the hop before position `pos` answer, given this failure of the candidate at
+    `pos`? Yes when its answer is what failed the candidate (an HTTP status or SOCKS code
+    about it) or when TLS with the candidate had begun (so the tunnel was granted)."""
+    return error.index == pos + 1 and (error.status is not None or error.phase == "tls")

@@ -22,10 +22,26 @@ starting point rotates per connection), random (a fresh shuffle per connection),
 until another candidate is clearly faster, so noise does not make it flap).
 
 A connection asks `candidates(group, via)` for whom to try, in that order, each let
-through its breaker only when its turn comes; it tries each inside `trial(via, proxy)`
-and reports `success(seconds)` or `failure(reason, denied=...)`. A trial that ends with
-neither (cancelled, out of time, failed elsewhere) gives a half-open breaker's one trial
+through its breaker only when its turn comes; it tries each inside `trial(via, proxy)`.
+What counts as a success is the hop *answering*: reaching it (TCP, TLS, or the previous
+hop's CONNECT answer) is only `reached(seconds)`; the breaker closes and the set-up
+latency is recorded when the hop's own answer to our request has been read
+(`answered()`). A hop that accepts TCP and then stays silent, answers garbage or cuts its
+reply therefore never closes its breaker, which keeps doubling its open time.
+`failure(reason, denied=...)` reports the hop's own failure. A trial that ends with no
+outcome (cancelled, out of time, failed elsewhere) gives a half-open breaker's one trial
 back at once, so the next connection may take it.
+
+Latency and failures are kept apart: the moving average is made of successful set-ups
+only, and failures are counted beside it (`/hops`, `explain --live`); `fastest` orders
+the candidates that failed since their last success after the others.
+
+A generic failure answer from a last hop about a destination (microsocks' 0x01,
+tinyproxy's 500: "could not connect", with no word on why) is the destination's problem,
+not the hop's, until the same hop has given one for GENERIC_SUSPECT different
+destinations with no successful answer in between: then it is charged to the hop, which
+has most likely lost its own way out. So one mistyped name cannot take a healthy hop
+down, and a hop that fails every destination is still found out.
 """
 
 from __future__ import annotations
@@ -33,100 +49,26 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
 
 from ..models import HopGroup, Proxy
+from .breaker import Breaker, BreakerState
 
 log = logging.getLogger("chainer.health")
 
-BreakerState = Literal["closed", "open", "half_open"]
 _EWMA_WEIGHT = 0.3
-_MAX_BACKOFF = 32
-_TRIAL_LEASE = 60.0  # a trial whose outcome never came back (cancelled) frees its slot
+GENERIC_SUSPECT = 3  # distinct destinations failed generically before the hop is blamed
 # fastest: a challenger must beat the leader by this factor and margin to take its place
 _FASTEST_FACTOR = 0.8
 _FASTEST_MARGIN = 0.002
 
 
-@dataclass(slots=True)
-class Breaker:
-    """One edge's circuit breaker, driven by an explicit clock (seconds)."""
-
-    max_fails: int
-    fail_window: float
-    fail_timeout: float
-    state: BreakerState = "closed"
-    failures: deque[float] = field(default_factory=deque)
-    opened_at: float = 0.0
-    open_for: float = 0.0
-    backoff: int = 0  # how many times in a row it opened
-    trial_since: float | None = None
-    last_reason: str = ""
-
-    @property
-    def closes_at(self) -> float:
-        return self.opened_at + self.open_for
-
-    def allow(self, now: float) -> bool:
-        """May a connection try this edge now? (Claims the trial when half-open.)"""
-        if self.state == "closed":
-            return True
-        if self.state == "open":
-            if now < self.closes_at:
-                return False
-            self.state = "half_open"
-            self.trial_since = None
-        if self.trial_since is not None and now - self.trial_since < _TRIAL_LEASE:
-            return False
-        self.trial_since = now
-        return True
-
-    def force(self, now: float) -> None:
-        """Let one connection through although the circuit is open."""
-        self.state = "half_open"
-        self.trial_since = now
-
-    def success(self) -> bool:
-        """Record a success; True when this closed an open or half-open circuit."""
-        changed = self.state != "closed"
-        self.state = "closed"
-        self.failures.clear()
-        self.backoff = 0
-        self.trial_since = None
-        return changed
-
-    def failure(self, now: float, reason: str) -> bool:
-        """Record a failure; True when this opened the circuit."""
-        self.last_reason = reason
-        if self.state == "half_open":
-            self._open(now)
-            return True
-        if self.state == "open":
-            return False
-        self.failures.append(now)
-        while self.failures and self.failures[0] <= now - self.fail_window:
-            self.failures.popleft()
-        if len(self.failures) >= self.max_fails:
-            self._open(now)
-            return True
-        return False
-
-    def _open(self, now: float) -> None:
-        self.state = "open"
-        self.opened_at = now
-        self.open_for = self.fail_timeout * min(2**self.backoff, _MAX_BACKOFF)
-        self.backoff += 1
-        self.failures.clear()
-        self.trial_since = None
-
-
 @dataclass(frozen=True, slots=True)
 class EdgeHealth:
-    """A snapshot of one edge for reports (explain, admin)."""
+    """A snapshot of one edge for reports (explain, admin). `latency`: the moving average
+    of successful set-ups; `failures`: failures since the last success."""
 
     via: str
     proxy: str
@@ -134,6 +76,7 @@ class EdgeHealth:
     latency: float | None
     closes_in: float | None
     last_reason: str
+    failures: int = 0
 
 
 class Health:
@@ -146,6 +89,8 @@ class Health:
         self._clock = clock
         self._turns: dict[HopGroup, int] = {}
         self._latency: dict[tuple[str, str], float] = {}
+        self._failures: dict[tuple[str, str], int] = {}  # since the last success
+        self._generic: dict[tuple[str, str], set[str]] = {}  # destinations, since a success
         self._leader: dict[tuple[str, HopGroup], str] = {}
         self._breakers: dict[tuple[str, str], Breaker] = {}
 
@@ -168,9 +113,11 @@ class Health:
         return self._fastest(group, via)
 
     def _fastest(self, group: HopGroup, via: str) -> Sequence[Proxy]:
-        unmeasured = [p for p in group.candidates if (via, p.name) not in self._latency]
+        failing = [p for p in group.candidates if self._failures.get((via, p.name))]
+        healthy = [p for p in group.candidates if p not in failing]
+        unmeasured = [p for p in healthy if (via, p.name) not in self._latency]
         measured = sorted(
-            (p for p in group.candidates if (via, p.name) in self._latency),
+            (p for p in healthy if (via, p.name) in self._latency),
             key=lambda p: self._latency[(via, p.name)],
         )
         if measured:
@@ -186,8 +133,10 @@ class Health:
                     measured.remove(leader)
                     measured.insert(0, leader)
             self._leader[(via, group)] = measured[0].name
-        # Candidates never measured go first, once, so that they get measured.
-        return unmeasured + measured
+        # Candidates never measured go first, once, so that they get measured; those that
+        # failed since their last success go last, fastest first.
+        failing.sort(key=lambda p: self._latency.get((via, p.name), float("inf")))
+        return unmeasured + measured + failing
 
     # -- breakers -------------------------------------------------------------------------
 
@@ -255,36 +204,65 @@ class Health:
         if breaker is not None:
             breaker.trial_since = None
 
-    def record_success(self, via: str, proxy: Proxy, seconds: float) -> None:
+    def record_success(self, via: str, proxy: Proxy, seconds: float | None) -> None:
+        """The hop answered our request; `seconds` is how long reaching it took (None when
+        not measured)."""
         key = (via, proxy.name)
-        old = self._latency.get(key)
-        self._latency[key] = seconds if old is None else old + _EWMA_WEIGHT * (seconds - old)
+        if seconds is not None:
+            old = self._latency.get(key)
+            self._latency[key] = seconds if old is None else old + _EWMA_WEIGHT * (seconds - old)
+        self._failures.pop(key, None)
+        self._generic.pop(key, None)
         breaker = self._breakers.get(key)
-        if breaker is not None and breaker.success():
-            log.info("circuit closed: %s", _edge(via, proxy.name))
+        if breaker is None:
+            return
+        opened, since = breaker.backoff, breaker.episode_started
+        if breaker.success() and opened:
+            log.info(
+                "circuit closed: %s answered again (down %.0fs, opened %d time%s)",
+                _edge(via, proxy.name),
+                self._clock() - since,
+                opened,
+                "" if opened == 1 else "s",
+            )
 
     def record_failure(self, via: str, proxy: Proxy, reason: str, *, denied: bool) -> None:
-        # A candidate that fails counts as slow for `fastest`, so it is not kept first
-        # forever as "unmeasured".
         key = (via, proxy.name)
-        self._latency[key] = max(self._latency.get(key, 0.0), proxy.handshake_timeout)
+        self._failures[key] = self._failures.get(key, 0) + 1
         breaker = self._breaker(via, proxy)
-        if breaker.failure(self._clock(), reason):
-            what = "denied us (check its credentials or policy)" if denied else "failing"
-            log.warning(
-                "circuit open: %s %s: %s; skipped for %gs",
-                _edge(via, proxy.name),
-                what,
-                reason,
-                breaker.open_for,
-            )
+        if not breaker.failure(self._clock(), reason):
+            return
+        edge = _edge(via, proxy.name)
+        if breaker.backoff > 1:
+            # The same episode: said once, at the first opening; the rest is detail.
+            log.debug("circuit open again: %s: %s; skipped for %gs", edge, reason, breaker.open_for)
+            return
+        what = "denied us (check its credentials or policy)" if denied else "failing"
+        log.warning(
+            "circuit open: %s %s: %s; skipped for %gs", edge, what, reason, breaker.open_for
+        )
+
+    def generic_failure(self, via: str, proxy: Proxy, destination: str) -> bool:
+        """A generic failure answer about `destination`. True when the hop has now given
+        one for GENERIC_SUSPECT different destinations since its last success: the
+        caller should charge the hop itself."""
+        seen = self._generic.setdefault((via, proxy.name), set())
+        if len(seen) < 4 * GENERIC_SUSPECT:  # bounded: only the count matters
+            seen.add(destination)
+        return len(seen) >= GENERIC_SUSPECT
 
     def forget(self, names: set[str]) -> None:
         """Drop what is known about hops whose definition changed (or that are gone): a
         reloaded table starts them afresh; every other hop keeps its health."""
         if not names:
             return
-        for table in (self._breakers, self._latency):
+        tables: tuple[dict[tuple[str, str], object], ...] = (
+            self._breakers,  # type: ignore[assignment]
+            self._latency,
+            self._failures,
+            self._generic,
+        )
+        for table in tables:
             for key in [k for k in table if k[0] in names or k[1] in names]:
                 del table[key]
 
@@ -303,7 +281,7 @@ class Health:
 
     def edges(self) -> list[EdgeHealth]:
         now = self._clock()
-        keys = sorted(set(self._breakers) | set(self._latency))
+        keys = sorted(set(self._breakers) | set(self._latency) | set(self._failures))
         result = []
         for via, name in keys:
             breaker = self._breakers.get((via, name))
@@ -321,6 +299,7 @@ class Health:
                     self._latency.get((via, name)),
                     closes_in,
                     "" if breaker is None else breaker.last_reason,
+                    self._failures.get((via, name), 0),
                 )
             )
         return result
@@ -328,25 +307,42 @@ class Health:
 
 @dataclass(slots=True)
 class Trial:
-    """One connection's try of one edge. Its outcome is reported once it is known:
-    `success(seconds)` (reached; the latency feeds `fastest`) or `failure(reason,
-    denied=...)`. A failure found after the hop was reached (its answer about the next
-    hop or the destination) may still follow a success. Leaving the `with` block with no
-    outcome reported frees a half-open breaker's trial at once: this connection learnt
-    nothing about the edge, and the next one should not wait out the lease."""
+    """One connection's try of one edge. `reached(seconds)` when the hop can be spoken to
+    (the set-up time is kept, not yet recorded); `answered()` once its answer to our
+    request has been read, which is the success; or `failure(reason, denied=...)`.
+    `success(seconds)` is both at once. Leaving the `with` block with no outcome reported
+    frees a half-open breaker's trial at once: this connection learnt nothing about the
+    edge, and the next one should not wait out the lease."""
 
     health: Health
     via: str
     proxy: Proxy
     reported: bool = False
+    seconds: float | None = None
+
+    def reached(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def answered(self) -> None:
+        if not self.reported:
+            self.reported = True
+            self.health.record_success(self.via, self.proxy, self.seconds)
 
     def success(self, seconds: float) -> None:
-        self.reported = True
-        self.health.record_success(self.via, self.proxy, seconds)
+        self.reached(seconds)
+        self.answered()
 
     def failure(self, reason: str, *, denied: bool) -> None:
         self.reported = True
         self.health.record_failure(self.via, self.proxy, reason, denied=denied)
+
+    def generic_failure(self, destination: str, reason: str) -> bool:
+        """A generic failure answer about `destination` (see Health.generic_failure):
+        True when it was charged to the hop."""
+        if not self.health.generic_failure(self.via, self.proxy, destination):
+            return False
+        self.failure(f"{reason} (generic failures for several destinations)", denied=False)
+        return True
 
     def __enter__(self) -> Trial:
         return self

@@ -77,16 +77,22 @@ def routes_json(config: Config) -> dict[str, Any]:
     }
 
 
+THIS_MACHINE = "-"  # the "from" of hop 1's edges, here as in the metrics' labels
+
+
 def hops_json(health: Health) -> dict[str, Any]:
-    """Every edge health knows about, as `/hops` serves it. `from` is "" for hop 1."""
+    """Every edge health knows about, as `/hops` serves it. `from` is "-" for hop 1 (as in
+    the `chainer_breaker_state` metric); `latency_ms` is the moving average of successful
+    set-ups, `failures` the failures since the hop last worked."""
     return {
         "edges": [
             {
-                "from": edge.via,
+                "from": edge.via or THIS_MACHINE,
                 "hop": edge.proxy,
                 "state": edge.state,
                 "latency_ms": None if edge.latency is None else round(edge.latency * 1000, 3),
                 "closes_in": None if edge.closes_in is None else round(edge.closes_in, 3),
+                "failures": edge.failures,
                 "last_reason": edge.last_reason,
             }
             for edge in health.edges()

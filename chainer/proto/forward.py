@@ -11,7 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from .http import _TOKEN, ProtocolError, _quote
+from .http import _TOKEN
+from .reader import ProtocolError, quote
 
 __all__ = ["LAST_CHUNK", "ProtocolError", "encode_chunk", "forward_request", "proxy_form"]
 
@@ -49,9 +50,9 @@ def forward_request(
     target, hop-by-hop fields dropped, `Host` from the URL first, `Connection: close`.
     """
     if not _TOKEN.fullmatch(method):
-        raise ValueError(f"bad method {_quote(method)}")
+        raise ValueError(f"bad method {quote(method)}")
     if http_version not in (b"1.0", b"1.1"):
-        raise ValueError(f"unsupported HTTP version {_quote(http_version)}")
+        raise ValueError(f"unsupported HTTP version {quote(http_version)}")
     host, port, authority, origin = _split_url(target)
 
     named = set(_HOP_BY_HOP)
@@ -64,7 +65,7 @@ def forward_request(
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, origin, authority)]
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _FIELD_BYTES_BAD.search(value):
-            raise ValueError(f"bad header {_quote(name)}")
+            raise ValueError(f"bad header {quote(name)}")
         lname = name.lower()
         if lname == b"transfer-encoding" and http_version == b"1.0":
             raise ValueError("Transfer-Encoding in an HTTP/1.0 request")
@@ -80,9 +81,9 @@ def _split_url(target: bytes) -> tuple[str, int, bytes, bytes]:
     if sep and scheme.lower() == b"https":
         raise ValueError("https URLs need CONNECT")
     if not sep or scheme.lower() != b"http":
-        raise ValueError(f"not an absolute http URL: {_quote(target)}")
+        raise ValueError(f"not an absolute http URL: {quote(target)}")
     if _TARGET_BAD.search(target):
-        raise ValueError(f"bad character in URL {_quote(target)}")
+        raise ValueError(f"bad character in URL {quote(target)}")
     if b"#" in rest:
         raise ValueError("a request target has no fragment")
     cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i != -1), default=len(rest))
@@ -96,20 +97,20 @@ def _split_url(target: bytes) -> tuple[str, int, bytes, bytes]:
         close = authority.find(b"]")
         host, after = authority[1:close], authority[close + 1 :]
         if close == -1 or (after and after[:1] != b":"):
-            raise ValueError(f"bad URL authority {_quote(authority)}")
+            raise ValueError(f"bad URL authority {quote(authority)}")
         port_text = after[1:]
         written = authority[: close + 1]
     else:
         written, _, port_text = authority.partition(b":")
         host = written
         if b":" in port_text:
-            raise ValueError(f"bad URL authority {_quote(authority)}")
+            raise ValueError(f"bad URL authority {quote(authority)}")
     if not host:
-        raise ValueError(f"no host in URL {_quote(target)}")
+        raise ValueError(f"no host in URL {quote(target)}")
     port = 80
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port in URL {_quote(target)}")
+            raise ValueError(f"bad port in URL {quote(target)}")
         port = int(port_text)
     host_value = written if port == 80 else b"%s:%d" % (written, port)
     return host.decode("ascii"), port, host_value, origin

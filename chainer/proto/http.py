@@ -21,25 +21,23 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from enum import Enum, auto
-from typing import Final, TypeVar
+
+# NEED_DATA, NeedData and ProtocolError live in .reader; they are re-exported here
+# because callers outside proto/ import them from this module.
+from .reader import NEED_DATA as NEED_DATA
+from .reader import NeedData as NeedData
+from .reader import ProtocolError as ProtocolError
+from .reader import Reader, quote
 
 __all__ = [
-    "NEED_DATA",
     "ConnectResponseReader",
     "Established",
-    "NeedData",
-    "ProtocolError",
     "Refused",
     "basic_authorization",
     "connect_request",
 ]
 
 Headers = tuple[tuple[str, str], ...]
-
-
-class ProtocolError(ValueError):
-    """The peer sent something that is not a valid answer in the protocol spoken to it."""
 
 
 # ---------------------------------------------------------------------------- requests
@@ -61,7 +59,7 @@ def basic_authorization(username: str, password: str) -> str:
 def connect_request(authority: str, authorization: str | None = None) -> bytes:
     """The bytes of `CONNECT authority`, with `Proxy-Authorization` when given."""
     if not authority or _AUTHORITY_BAD.search(authority):
-        raise ValueError(f"bad CONNECT authority {_quote(authority.encode('utf-8', 'replace'))}")
+        raise ValueError(f"bad CONNECT authority {quote(authority.encode('utf-8', 'replace'))}")
     head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
     if authorization is not None:
         # Not quoted in the message: it carries credentials.
@@ -75,22 +73,6 @@ def connect_request(authority: str, authorization: str | None = None) -> bytes:
 
 
 # ------------------------------------------------------------------------------ events
-
-
-class NeedData(Enum):
-    """Feed more bytes (or EOF) before asking again.
-
-    A one-member enum rather than a dataclass so that `event is NEED_DATA` narrows the
-    event's type for mypy, as h11's sentinels do.
-    """
-
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,54 +116,39 @@ _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 _NO_BODY = frozenset({204, 304})
 
 
-_E = TypeVar("_E", Established, Refused)
+_Event = NeedData | Established | Refused
 
 
-class _State(Enum):
-    HEAD = auto()
-    BODY = auto()
-    DONE = auto()
-    FAILED = auto()
-
-
-class ConnectResponseReader:
+class ConnectResponseReader(Reader[_Event]):
     """Reads one answer to a CONNECT, consuming exactly that answer.
 
     `max_head` bounds the bytes of all heads of the answer (interim 1xx heads included);
-    `max_body` bounds how much of a refusal's body is read.
+    `max_body` bounds how much of a refusal's body is read. After `Established`,
+    `trailing_data` is the tunnel's first bytes; after a reusable `Refused`, the start of
+    the connection's next answer.
     """
 
     __slots__ = (
         "_body_end",
         "_body_start",
-        "_buf",
-        "_eof",
-        "_error",
-        "_event",
         "_head_budget",
         "_line_pos",
         "_max_body",
         "_max_head",
         "_nl_scan",
         "_pending",
-        "_received",
         "_scan",
-        "_state",
         "_status_checked",
-        "_used",
     )
 
     def __init__(self, *, max_head: int = 32768, max_body: int = 65536) -> None:
         if max_head < 16 or max_body < 0:
             raise ValueError("max_head must be at least 16 and max_body not negative")
-        self._buf = bytearray()
-        self._state = _State.HEAD
-        self._eof = False
-        self._received = 0
-        self._error = ""
-        self._event: Established | Refused | None = None
+        super().__init__()
         self._max_head = max_head
-        self._head_budget = max_head  # what is left of max_head after interim heads
+        # What is left of max_head after interim heads, which are dropped from the buffer
+        # as they are parsed: the read position stays 0 until the final event.
+        self._head_budget = max_head
         self._max_body = max_body
         self._scan = 0  # where the next search for the blank line starts
         self._line_pos = 0  # start of the first line of the current head not yet checked
@@ -189,48 +156,13 @@ class ConnectResponseReader:
         self._status_checked = False
         self._pending: Refused | None = None  # a refusal waiting for its body
         self._body_start = self._body_end = 0
-        self._used = 0  # bytes of _buf consumed by the final event
 
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes from the hop; `b""` means the hop closed its side."""
-        if self._state is _State.DONE:
-            raise RuntimeError("the answer is complete: later bytes belong to the next stage")
-        if self._eof:
-            if data:
-                raise RuntimeError("data after EOF")
-            return
-        if data:
-            self._buf += data
-            self._received += len(data)
-        else:
-            self._eof = True
+    def _step(self) -> _Event:
+        if self._pending is None:
+            return self._next_head()
+        return self._next_body()
 
-    @property
-    def trailing_data(self) -> bytes:
-        """Bytes received and not consumed by an event.
-
-        After `Established`, the tunnel's first bytes; after a reusable `Refused`, the
-        start of the connection's next answer.
-        """
-        return bytes(self._buf[self._used :])
-
-    def next_event(self) -> NeedData | Established | Refused:
-        """The answer, once complete; `NEED_DATA` until then. Repeats a final event."""
-        if self._state is _State.DONE:
-            assert self._event is not None
-            return self._event
-        if self._state is _State.FAILED:
-            raise ProtocolError(self._error)
-        try:
-            if self._state is _State.HEAD:
-                return self._next_head()
-            return self._next_body()
-        except ProtocolError as exc:
-            self._state = _State.FAILED
-            self._error = str(exc)
-            raise
-
-    def _next_head(self) -> NeedData | Established | Refused:
+    def _next_head(self) -> _Event:
         buf = self._buf
         while True:
             end = buf.find(b"\r\n\r\n", self._scan, self._head_budget)
@@ -266,19 +198,21 @@ class ConnectResponseReader:
         if not self._status_checked:
             start = bytes(buf[:13])
             if start and not _STATUS_START.fullmatch(start):
-                raise ProtocolError(f"not an HTTP status line: {_quote(start)}")
+                raise ProtocolError(f"not an HTTP status line: {quote(start)}")
         if len(buf) >= budget:
             raise ProtocolError(f"answer head over {self._max_head} bytes")
         self._scan = max(0, len(buf) - 3)
         if self._eof:
-            if self._received == 0:
+            # Every byte received is still buffered but the interim heads dropped.
+            received = len(buf) + self._max_head - self._head_budget
+            if received == 0:
                 raise ProtocolError("closed without answering")
-            raise ProtocolError(f"closed mid-answer after {self._received} bytes")
+            raise ProtocolError(f"closed mid-answer after {received} bytes")
         return NEED_DATA
 
     def _refusal(
         self, version: int, status: int, reason: str, headers: Headers, end: int
-    ) -> NeedData | Refused:
+    ) -> _Event:
         keep_alive = version >= 1 and status != 101
         lengths: list[bytes] = []
         chunked = False
@@ -303,10 +237,9 @@ class ConnectResponseReader:
         self._pending = Refused(status, reason, headers, b"", keep_alive)
         self._body_start = end
         self._body_end = end + length
-        self._state = _State.BODY
         return self._next_body()
 
-    def _next_body(self) -> NeedData | Refused:
+    def _next_body(self) -> _Event:
         pending = self._pending
         assert pending is not None
         buf, start, end = self._buf, self._body_start, self._body_end
@@ -316,12 +249,6 @@ class ConnectResponseReader:
             # Truncated: the status still says what the hop meant.
             return self._finish(_with_body(pending, bytes(buf[start:]), False), len(buf))
         return NEED_DATA
-
-    def _finish(self, event: _E, used: int) -> _E:
-        self._state = _State.DONE
-        self._event = event
-        self._used = used
-        return event
 
 
 def _with_body(pending: Refused, body: bytes, reusable: bool) -> Refused:
@@ -346,8 +273,8 @@ def _parse_status_line(line: bytes) -> tuple[int, int, str]:
     m = _STATUS_LINE.fullmatch(line)
     if m is None:
         if not line.endswith(b"\r\n"):
-            raise ProtocolError(f"status line not ended by CRLF: {_quote(line)}")
-        raise ProtocolError(f"not an HTTP status line: {_quote(line)}")
+            raise ProtocolError(f"status line not ended by CRLF: {quote(line)}")
+        raise ProtocolError(f"not an HTTP status line: {quote(line)}")
     reason = m.group(3) or b""
     return int(m.group(1)), int(m.group(2)), reason.decode("latin-1")
 
@@ -355,7 +282,7 @@ def _parse_status_line(line: bytes) -> tuple[int, int, str]:
 def _parse_field_line(line: bytes) -> tuple[str, str]:
     m = _FIELD_LINE.fullmatch(line)
     if m is None:
-        raise ProtocolError(f"{_field_problem(line)}: {_quote(line)}")
+        raise ProtocolError(f"{_field_problem(line)}: {quote(line)}")
     return m.group(1).decode("ascii"), m.group(2).decode("latin-1")
 
 
@@ -385,7 +312,3 @@ def _content_length(values: list[bytes]) -> int | None:
 
 def _tokens(value: str) -> set[str]:
     return {t.strip(" \t").lower() for t in value.split(",")}
-
-
-def _quote(data: bytes) -> str:
-    return repr(data[:60]) + ("..." if len(data) > 60 else "")

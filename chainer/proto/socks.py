@@ -20,16 +20,21 @@ shows it) and for misuse by the caller (`RuntimeError`).
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Final, Generic, TypeVar
+from typing import TypeVar
 
-from .http import NEED_DATA, NeedData, ProtocolError, _quote
+from .reader import NEED_DATA, NeedData, ProtocolError, Reader, quote
+from .socks_address import (
+    ADDRESS_TYPES,
+    address_size,
+    ascii_name,
+    decode_address,
+    encode_address,
+    encode_port,
+    ipv4_text,
+)
 from .socks_codes import (
-    ATYP_DOMAIN,
-    ATYP_IPV4,
-    ATYP_IPV6,
     CMD_CONNECT,
     METHOD_NO_AUTH,
     METHOD_NONE_ACCEPTABLE,
@@ -99,78 +104,38 @@ _Ev = TypeVar("_Ev", Socks5Event, Socks4Event)
 # ------------------------------------------------------------------------------ reader
 
 
-class _Reader(Generic[_Ev]):
-    """The receive_data / next_event / trailing_data contract shared by both clients.
+class _Reader(Reader[_Ev]):
+    """What both clients add to `Reader`: their EOF errors, the first-byte check, and
+    the two-byte answers."""
 
-    `_buf` holds only bytes of the current stage and later ones: a stage deletes what it
-    consumed, so an empty buffer at EOF means the hop never began the current answer.
-    """
+    __slots__ = ()
 
-    __slots__ = ("_buf", "_eof", "_error", "_event")
+    def _closed(self, available: int, what: str) -> str:
+        if available == 0:
+            return f"closed without answering the {what}"
+        unit = "byte" if available == 1 else "bytes"
+        return f"closed mid-answer to the {what} after {available} {unit}"
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._eof = False
-        self._error: str | None = None
-        self._event: _Ev | None = None
+    def _check_first(self, versions: tuple[int, ...], what: str) -> None:
+        """Refuse the answer on its first byte when that byte is none of `versions`."""
+        buf, pos = self._buf, self._pos
+        if len(buf) > pos and buf[pos] not in versions:
+            raise ProtocolError(f"not {what}: {quote(bytes(buf[pos : pos + 16]))}")
 
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes from the hop; `b""` means the hop closed its side."""
-        if self._event is not None:
-            raise RuntimeError("the answer is complete: later bytes belong to the next stage")
-        if self._eof:
-            if data:
-                raise RuntimeError("data after EOF")
-            return
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
-
-    @property
-    def trailing_data(self) -> bytes:
-        """Bytes received and not consumed by an event; after `Connected`, the tunnel's."""
-        return bytes(self._buf)
-
-    def next_event(self) -> _Ev:
-        """The next event; `NEED_DATA` until there is one. Repeats a final event."""
-        if self._event is not None:
-            return self._event
-        if self._error is not None:
-            raise ProtocolError(self._error)
-        try:
-            event = self._step()
-        except ProtocolError as exc:
-            self._error = str(exc)
-            raise
-        if isinstance(event, Connected | Rejected | AuthFailed):
-            self._event = event
-        return event
-
-    def _step(self) -> _Ev:
-        raise NotImplementedError
-
-    def _have(self, size: int, stage: str) -> bool:
-        """Whether the first `size` bytes of the current answer are here."""
-        have = len(self._buf)
-        if have >= size:
-            return True
-        if self._eof:
-            if have == 0:
-                raise ProtocolError(f"closed without answering the {stage}")
-            unit = "byte" if have == 1 else "bytes"
-            raise ProtocolError(f"closed mid-answer to the {stage} after {have} {unit}")
-        return False
+    def _pair(self, version: int, what: str, stage: str) -> int | None:
+        """The second byte of a two-byte answer (version, value), consumed; None until
+        both bytes are here."""
+        self._check_first((version,), what)
+        if not self._have(2, stage):
+            return None
+        self._pos += 2
+        return self._buf[self._pos - 1]
 
 
 class _Stage(Enum):
     METHOD = auto()
     AUTH = auto()
     REPLY = auto()
-
-
-# The size of a whole CONNECT reply, for the address types of fixed size.
-_REPLY_SIZE: Final = {ATYP_IPV4: 4 + 4 + 2, ATYP_IPV6: 4 + 16 + 2}
 
 
 class Socks5Client(_Reader[Socks5Event]):
@@ -192,7 +157,7 @@ class Socks5Client(_Reader[Socks5Event]):
         password: str | None = None,
     ) -> None:
         super().__init__()
-        self._request = bytes((SOCKS5, CMD_CONNECT, 0)) + _socks5_address(host) + _port(port)
+        self._request = bytes((SOCKS5, CMD_CONNECT, 0)) + encode_address(host) + encode_port(port)
         self._auth = _userpass(username, password)
         methods = (METHOD_NO_AUTH,) if self._auth is None else (METHOD_NO_AUTH, METHOD_USERPASS)
         self._greeting = bytes((SOCKS5, len(methods), *methods))
@@ -210,13 +175,9 @@ class Socks5Client(_Reader[Socks5Event]):
         return self._connect_reply()
 
     def _method_selection(self) -> Socks5Event:
-        buf = self._buf
-        if buf and buf[0] != SOCKS5:
-            raise ProtocolError(f"not a SOCKS5 answer to the greeting: {_quote(bytes(buf[:16]))}")
-        if not self._have(2, "greeting"):
+        method = self._pair(SOCKS5, "a SOCKS5 answer to the greeting", "greeting")
+        if method is None:
             return NEED_DATA
-        method = buf[1]
-        del buf[:2]
         if method == METHOD_NO_AUTH:
             self._stage = _Stage.REPLY
             return Send(self._request)
@@ -227,56 +188,43 @@ class Socks5Client(_Reader[Socks5Event]):
             return Send(self._auth)
         if method == METHOD_NONE_ACCEPTABLE:
             if self._auth is None:
-                return AuthFailed("the hop requires authentication; no credentials were offered")
-            return AuthFailed("the hop accepts neither no-auth nor username/password")
+                reason = "the hop requires authentication; no credentials were offered"
+            else:
+                reason = "the hop accepts neither no-auth nor username/password"
+            return self._finish(AuthFailed(reason), self._pos)
         raise ProtocolError(f"the hop chose method 0x{method:02x}, which was not offered")
 
     def _auth_reply(self) -> Socks5Event:
-        buf = self._buf
-        if buf and buf[0] != USERPASS_VERSION:
-            raise ProtocolError(
-                f"not an RFC 1929 answer to username/password: {_quote(bytes(buf[:16]))}"
-            )
-        if not self._have(2, "username/password"):
+        status = self._pair(
+            USERPASS_VERSION, "an RFC 1929 answer to username/password", "username/password"
+        )
+        if status is None:
             return NEED_DATA
-        status = buf[1]
-        del buf[:2]
         if status != USERPASS_OK:
-            return AuthFailed(f"the hop refused the username/password (status 0x{status:02x})")
+            reason = f"the hop refused the username/password (status 0x{status:02x})"
+            return self._finish(AuthFailed(reason), self._pos)
         self._stage = _Stage.REPLY
         return Send(self._request)
 
     def _connect_reply(self) -> Socks5Event:
-        buf = self._buf
-        if buf and buf[0] != SOCKS5:
-            raise ProtocolError(
-                f"not a SOCKS5 answer to the CONNECT request: {_quote(bytes(buf[:16]))}"
-            )
-        if len(buf) >= 4:
-            atyp = buf[3]
-            if atyp not in _REPLY_SIZE and atyp != ATYP_DOMAIN:
-                raise ProtocolError(f"unknown address type 0x{atyp:02x} in the CONNECT reply")
+        self._check_first((SOCKS5,), "a SOCKS5 answer to the CONNECT request")
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos >= 4 and buf[pos + 3] not in ADDRESS_TYPES:
+            raise ProtocolError(f"unknown address type 0x{buf[pos + 3]:02x} in the CONNECT reply")
         # Five bytes reach the length of a domain; every reply is at least that long.
         if not self._have(5, "CONNECT request"):
             return NEED_DATA
-        atyp = buf[3]
-        size = 4 + 1 + buf[4] + 2 if atyp == ATYP_DOMAIN else _REPLY_SIZE[atyp]
+        size = 3 + address_size(buf, pos + 3)
         if not self._have(size, "CONNECT request"):
             return NEED_DATA
-        rep = buf[1]
-        reply = bytes(buf[:size])
-        del buf[:size]
-        # RSV (reply[2]) is ignored: it carries nothing and some servers fill it.
+        # RSV (pos + 2) is ignored: it carries nothing and some servers fill it.
+        rep = buf[pos + 1]
         if rep != REP_SUCCEEDED:
-            return Rejected(rep, REP_TEXT.get(rep, f"unknown reply 0x{rep:02x}"))
-        if atyp == ATYP_IPV4:
-            host = _ipv4_text(reply[4:8])
-        elif atyp == ATYP_IPV6:
-            host = _ipv6_text(reply[4:20])
-        else:
-            # A name on the wire is ASCII (IDNA); anything else is shown escaped.
-            host = reply[5:-2].decode("ascii", "backslashreplace")
-        return Connected(host, int.from_bytes(reply[-2:]))
+            rejected = Rejected(rep, REP_TEXT.get(rep, f"unknown reply 0x{rep:02x}"))
+            return self._finish(rejected, pos + size)
+        # A name on the wire is ASCII (IDNA); anything else is shown escaped.
+        host, port = decode_address(buf, pos + 3, readable=True)
+        return self._finish(Connected(host, port), pos + size)
 
 
 class Socks4Client(_Reader[Socks4Event]):
@@ -296,10 +244,10 @@ class Socks4Client(_Reader[Socks4Event]):
             ip = None
         if ip is None:
             if not socks4a:
-                raise ValueError(f"SOCKS4 needs an IPv4 address, not a name: {_quote_host(host)}")
+                raise ValueError(f"SOCKS4 needs an IPv4 address, not a name: {quote(host)}")
             # SOCKS4a: DSTIP 0.0.0.x (x != 0) says a name follows the user id.
             dst = b"\x00\x00\x00\x01"
-            name = _ascii_name(host) + b"\x00"
+            name = ascii_name(host) + b"\x00"
         elif ip.version == 4:
             dst = ip.packed
             if dst[:3] == b"\x00\x00\x00" and dst[3]:
@@ -307,59 +255,30 @@ class Socks4Client(_Reader[Socks4Event]):
                 raise ValueError(f"{host} cannot be sent over SOCKS4: it marks a SOCKS4a name")
             name = b""
         else:
-            raise ValueError(f"SOCKS4 cannot carry an IPv6 address: {_quote_host(host)}")
-        self._request = bytes((SOCKS4, CMD_CONNECT)) + _port(port) + dst + user + b"\x00" + name
+            raise ValueError(f"SOCKS4 cannot carry an IPv6 address: {quote(host)}")
+        self._request = (
+            bytes((SOCKS4, CMD_CONNECT)) + encode_port(port) + dst + user + b"\x00" + name
+        )
 
     def request(self) -> bytes:
         """The bytes to send: the CONNECT request."""
         return self._request
 
     def _step(self) -> Socks4Event:
-        buf = self._buf
         # The reply's VN is 0; some servers echo the request's 4.
-        if buf and buf[0] not in (0, SOCKS4):
-            raise ProtocolError(f"not a SOCKS4 answer to the request: {_quote(bytes(buf[:16]))}")
+        self._check_first((0, SOCKS4), "a SOCKS4 answer to the request")
         if not self._have(8, "SOCKS4 request"):
             return NEED_DATA
-        code = buf[1]
-        reply = bytes(buf[:8])
-        del buf[:8]
+        buf, pos = self._buf, self._pos
+        code = buf[pos + 1]
         if code != SOCKS4_GRANTED:
-            return Rejected(code, SOCKS4_TEXT.get(code, f"unknown reply {code}"))
-        return Connected(_ipv4_text(reply[4:8]), int.from_bytes(reply[2:4]))
+            rejected = Rejected(code, SOCKS4_TEXT.get(code, f"unknown reply {code}"))
+            return self._finish(rejected, pos + 8)
+        port = int.from_bytes(buf[pos + 2 : pos + 4])
+        return self._finish(Connected(ipv4_text(buf[pos + 4 : pos + 8]), port), pos + 8)
 
 
 # ----------------------------------------------------------------------------- encoding
-
-# Printable ASCII but space: a NUL would cut the name short in the hop's resolver.
-_NAME_BAD = re.compile(r"[^\x21-\x7e]")
-_V4_MAPPED: Final = bytes(10) + b"\xff\xff"
-
-
-def _socks5_address(host: str) -> bytes:
-    """ATYP and DST.ADDR for `host`."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        name = _ascii_name(host)
-        return bytes((ATYP_DOMAIN, len(name))) + name
-    if isinstance(ip, ipaddress.IPv4Address):
-        return bytes((ATYP_IPV4,)) + ip.packed
-    if ip.scope_id is not None:
-        raise ValueError(f"SOCKS5 cannot carry a scoped IPv6 address: {_quote_host(host)}")
-    return bytes((ATYP_IPV6,)) + ip.packed
-
-
-def _ascii_name(host: str) -> bytes:
-    if not 1 <= len(host) <= 255 or _NAME_BAD.search(host):
-        raise ValueError(f"not a DNS name of 1 to 255 ASCII characters: {_quote_host(host)}")
-    return host.encode("ascii")
-
-
-def _port(port: int) -> bytes:
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is not in 1..65535")
-    return port.to_bytes(2)
 
 
 def _userpass(username: str | None, password: str | None) -> bytes | None:
@@ -396,18 +315,3 @@ def _socks4_field(text: str, what: str) -> bytes:
     if len(data) > 255:
         raise ValueError(f"a SOCKS4 {what} must be at most 255 bytes")
     return data
-
-
-def _ipv4_text(packed: bytes) -> str:
-    return ".".join(map(str, packed))
-
-
-def _ipv6_text(packed: bytes) -> str:
-    # RFC 5952 5: a mapped IPv4 address ends in dotted form (Python < 3.13 shows hex).
-    if packed[:12] == _V4_MAPPED:
-        return "::ffff:" + _ipv4_text(packed[12:])
-    return str(ipaddress.IPv6Address(packed))
-
-
-def _quote_host(host: str) -> str:
-    return repr(host[:60]) + ("..." if len(host) > 60 else "")

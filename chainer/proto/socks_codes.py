@@ -27,38 +27,29 @@ ATYP_IPV4: Final = 0x01
 ATYP_DOMAIN: Final = 0x03
 ATYP_IPV6: Final = 0x04
 
-# SOCKS5 replies
-REP_SUCCEEDED: Final = 0x00
-REP_GENERAL_FAILURE: Final = 0x01
-REP_NOT_ALLOWED: Final = 0x02
-REP_NETWORK_UNREACHABLE: Final = 0x03
-REP_HOST_UNREACHABLE: Final = 0x04
-REP_CONNECTION_REFUSED: Final = 0x05
-REP_TTL_EXPIRED: Final = 0x06
-REP_COMMAND_NOT_SUPPORTED: Final = 0x07
-REP_ADDRESS_TYPE_NOT_SUPPORTED: Final = 0x08
+# Reply codes are declared with their text, which fills the tables below.
+REP_TEXT: Final[dict[int, str]] = {}
+SOCKS4_TEXT: Final[dict[int, str]] = {}
 
-REP_TEXT: Final[dict[int, str]] = {
-    REP_SUCCEEDED: "succeeded",
-    REP_GENERAL_FAILURE: "general SOCKS server failure",
-    REP_NOT_ALLOWED: "connection not allowed by ruleset",
-    REP_NETWORK_UNREACHABLE: "network unreachable",
-    REP_HOST_UNREACHABLE: "host unreachable",
-    REP_CONNECTION_REFUSED: "connection refused",
-    REP_TTL_EXPIRED: "TTL expired",
-    REP_COMMAND_NOT_SUPPORTED: "command not supported",
-    REP_ADDRESS_TYPE_NOT_SUPPORTED: "address type not supported",
-}
+
+def _reply(table: dict[int, str], code: int, text: str) -> int:
+    table[code] = text
+    return code
+
+
+# SOCKS5 replies
+REP_SUCCEEDED: Final = _reply(REP_TEXT, 0x00, "succeeded")
+REP_GENERAL_FAILURE: Final = _reply(REP_TEXT, 0x01, "general SOCKS server failure")
+REP_NOT_ALLOWED: Final = _reply(REP_TEXT, 0x02, "connection not allowed by ruleset")
+REP_NETWORK_UNREACHABLE: Final = _reply(REP_TEXT, 0x03, "network unreachable")
+REP_HOST_UNREACHABLE: Final = _reply(REP_TEXT, 0x04, "host unreachable")
+REP_CONNECTION_REFUSED: Final = _reply(REP_TEXT, 0x05, "connection refused")
+REP_TTL_EXPIRED: Final = _reply(REP_TEXT, 0x06, "TTL expired")
+REP_COMMAND_NOT_SUPPORTED: Final = _reply(REP_TEXT, 0x07, "command not supported")
+REP_ADDRESS_TYPE_NOT_SUPPORTED: Final = _reply(REP_TEXT, 0x08, "address type not supported")
 
 # SOCKS4 replies (the reply's VN byte is 0)
-SOCKS4_GRANTED: Final = 90
-SOCKS4_REJECTED: Final = 91
-SOCKS4_NO_IDENTD: Final = 92
-SOCKS4_IDENTD_MISMATCH: Final = 93
-
-SOCKS4_TEXT: Final[dict[int, str]] = {
-    SOCKS4_GRANTED: "request granted",
-    SOCKS4_REJECTED: "request rejected or failed",
-    SOCKS4_NO_IDENTD: "rejected: cannot reach the client's identd",
-    SOCKS4_IDENTD_MISMATCH: "rejected: identd user-id mismatch",
-}
+SOCKS4_GRANTED: Final = _reply(SOCKS4_TEXT, 90, "request granted")
+SOCKS4_REJECTED: Final = _reply(SOCKS4_TEXT, 91, "request rejected or failed")
+SOCKS4_NO_IDENTD: Final = _reply(SOCKS4_TEXT, 92, "rejected: cannot reach the client's identd")
+SOCKS4_IDENTD_MISMATCH: Final = _reply(SOCKS4_TEXT, 93, "rejected: identd user-id mismatch")

@@ -24,12 +24,19 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TypeVar
 
-from .http import NEED_DATA, NeedData, ProtocolError
+from .reader import NEED_DATA, NeedData, ProtocolError, Reader
+from .socks_address import (
+    ADDRESS_TYPES,
+    address_size,
+    decode_address,
+    encode_address,
+    encode_port,
+    ipv4_text,
+)
 from .socks_codes import (
     ATYP_DOMAIN,
-    ATYP_IPV4,
-    ATYP_IPV6,
     METHOD_NO_AUTH,
     METHOD_NONE_ACCEPTABLE,
     METHOD_USERPASS,
@@ -114,84 +121,38 @@ class Request4:
 
 
 _Event5 = NeedData | Send | Credentials | Request | BadRequest | Failed
+_Event4 = NeedData | Request4
+_Ev = TypeVar("_Ev", _Event5, _Event4)
 
 # ------------------------------------------------------------------------------ common
 
 
-class _Reader:
-    """The buffer both codecs share: bytes in, a read position, EOF, a sticky error."""
+class _Reader(Reader[_Ev]):
+    """What both server codecs add to `Reader`: their EOF errors, the version byte that
+    opens each message, and the one reply."""
 
-    __slots__ = ("_buf", "_eof", "_error", "_pos", "_replied")
+    __slots__ = ("_replied",)
+    _complete = "the exchange is over"
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0  # bytes of _buf consumed by the messages parsed so far
-        self._eof = False
-        self._error = ""
+        super().__init__()
         self._replied = False
 
-    def _finished(self) -> bool:
-        raise NotImplementedError
+    def _closed(self, available: int, what: str) -> str:
+        return f"closed before the {what}" if available == 0 else f"closed mid-{what}"
 
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes from the client; `b""` means the client closed its side."""
-        if self._finished():
-            raise RuntimeError("the exchange is over: later bytes belong to the next stage")
-        if self._eof:
-            if data:
-                raise RuntimeError("data after EOF")
-            return
-        if data:
-            self._buf += data
-        else:
-            self._eof = True
-
-    @property
-    def trailing_data(self) -> bytes:
-        """Bytes received and not consumed by a message.
-
-        After the request, the client's early data: the tunnel's first bytes upstream.
-        """
-        return bytes(self._buf[self._pos :])
-
-    def _have(self, n: int, what: str) -> bool:
-        """Whether the current message's first `n` bytes are here; raises at EOF."""
-        available = len(self._buf) - self._pos
-        if available >= n:
-            return True
-        if self._eof:
-            where = "before the " if available == 0 else "mid-"
-            raise ProtocolError(f"closed {where}{what}")
-        return False
+    def _opens(self, version: int, what: str, message: str) -> bool:
+        """Whether the `what` message's first byte is here; raises when it is not `version`."""
+        if not self._have(1, what):
+            return False
+        first = self._buf[self._pos]
+        if first != version:
+            raise ProtocolError(f"not {message} (version {first:#04x})")
+        return True
 
     def _check_reply(self) -> None:
         if self._replied:
             raise RuntimeError("already replied")
-
-
-def _port(port: int) -> bytes:
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port {port} out of range")
-    return port.to_bytes(2, "big")
-
-
-def _address5(host: str) -> bytes:
-    """ATYP and address for a SOCKS5 reply, by the host's form."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return _domain5(host)
-    return bytes((ATYP_IPV4 if ip.version == 4 else ATYP_IPV6,)) + ip.packed
-
-
-def _domain5(host: str) -> bytes:
-    try:
-        name = host.encode("ascii")
-    except UnicodeEncodeError:
-        raise ValueError("a bound domain must be ASCII") from None
-    if not 1 <= len(name) <= 255:
-        raise ValueError("a bound domain must be 1 to 255 bytes")
-    return bytes((ATYP_DOMAIN, len(name))) + name
 
 
 # ------------------------------------------------------------------------------ SOCKS5
@@ -202,10 +163,9 @@ class _State(Enum):
     AUTH = auto()
     AUTH_DECISION = auto()  # Credentials handed out, auth_result() not called yet
     REQUEST = auto()
-    DONE = auto()  # a final event was handed out
 
 
-class Socks5Server(_Reader):
+class Socks5Server(_Reader[_Event5]):
     """The server side of one SOCKS5 handshake.
 
     With `require_auth` the client must offer username/password (RFC 1929); without, it
@@ -213,45 +173,21 @@ class Socks5Server(_Reader):
     credentials.
     """
 
-    __slots__ = ("_event", "_require_auth", "_state")
+    __slots__ = ("_require_auth", "_state")
 
     def __init__(self, *, require_auth: bool) -> None:
         super().__init__()
         self._require_auth = require_auth
         self._state = _State.GREETING
-        self._event: Request | BadRequest | Failed | None = None
-
-    def _finished(self) -> bool:
-        return self._state is _State.DONE
-
-    def next_event(self) -> _Event5:
-        """The next event; `NEED_DATA` until a message is complete. Repeats a final event."""
-        if self._error:
-            raise ProtocolError(self._error)
-        state = self._state
-        if state is _State.DONE:
-            assert self._event is not None
-            return self._event
-        if state is _State.AUTH_DECISION:
-            raise RuntimeError("call auth_result() first")
-        try:
-            if state is _State.GREETING:
-                return self._greeting()
-            if state is _State.AUTH:
-                return self._auth()
-            return self._request()
-        except ProtocolError as exc:
-            self._error = str(exc)
-            raise
 
     def auth_result(self, ok: bool) -> bytes:
         """The RFC 1929 answer to `Credentials`; after `False` the exchange is over."""
-        if self._state is not _State.AUTH_DECISION:
+        if self._state is not _State.AUTH_DECISION or self._final is not None:
             raise RuntimeError("no credentials to answer")
         if ok:
             self._state = _State.REQUEST
             return bytes((USERPASS_VERSION, USERPASS_OK))
-        self._finish(Failed("authentication failed"))
+        self._finish(Failed("authentication failed"), self._pos)
         return bytes((USERPASS_VERSION, USERPASS_FAILED))
 
     def reply(self, code: int, bound_host: str = "0.0.0.0", bound_port: int = 0) -> bytes:
@@ -261,56 +197,58 @@ class Socks5Server(_Reader):
         are `trailing_data`. The bound address is encoded as IPv4, IPv6 or a domain,
         whichever `bound_host` is.
         """
-        if not isinstance(self._event, Request | BadRequest):
+        if not isinstance(self._final, Request | BadRequest):
             raise RuntimeError("no request to reply to")
         self._check_reply()
         if not 0 <= code <= 0xFF:
             raise ValueError(f"reply code {code} out of range")
-        if code == REP_SUCCEEDED and isinstance(self._event, BadRequest):
+        if code == REP_SUCCEEDED and isinstance(self._final, BadRequest):
             raise ValueError("a bad request cannot succeed")
-        data = bytes((SOCKS5, code, 0)) + _address5(bound_host) + _port(bound_port)
+        address = encode_address(bound_host) + encode_port(bound_port, lowest=0)
         self._replied = True
-        return data
+        return bytes((SOCKS5, code, 0)) + address
 
-    def _finish(self, event: Request | BadRequest | Failed) -> None:
-        self._state = _State.DONE
-        self._event = event
+    def _step(self) -> _Event5:
+        state = self._state
+        if state is _State.AUTH_DECISION:
+            raise RuntimeError("call auth_result() first")
+        if state is _State.GREETING:
+            return self._greeting()
+        if state is _State.AUTH:
+            return self._auth()
+        return self._request()
 
-    def _greeting(self) -> NeedData | Send:
-        buf, pos = self._buf, self._pos
-        if not self._have(1, "greeting"):
+    def _greeting(self) -> _Event5:
+        if not self._opens(SOCKS5, "greeting", "a SOCKS5 greeting"):
             return NEED_DATA
-        if buf[pos] != SOCKS5:
-            raise ProtocolError(f"not a SOCKS5 greeting (version {buf[pos]:#04x})")
         if not self._have(2, "greeting"):
             return NEED_DATA
+        buf, pos = self._buf, self._pos
         count = buf[pos + 1]
         if count == 0:
             raise ProtocolError("SOCKS5 greeting offers no methods")
-        end = pos + 2 + count
-        if not self._have(end - pos, "greeting"):
+        if not self._have(2 + count, "greeting"):
             return NEED_DATA
-        methods = buf[pos + 2 : end]
-        self._pos = end
+        methods = buf[pos + 2 : pos + 2 + count]
+        self._pos = pos + 2 + count
         wanted = METHOD_USERPASS if self._require_auth else METHOD_NO_AUTH
         if wanted not in methods:
             reason = "client does not offer " + (
                 "username/password" if self._require_auth else "no-authentication"
             )
-            self._finish(Failed(reason))
+            # Failed is what next_event says once the client has been told.
+            self._finish(Failed(reason), self._pos)
             return Send(bytes((SOCKS5, METHOD_NONE_ACCEPTABLE)))
         self._state = _State.AUTH if self._require_auth else _State.REQUEST
         return Send(bytes((SOCKS5, wanted)))
 
-    def _auth(self) -> NeedData | Credentials:
-        buf, pos = self._buf, self._pos
+    def _auth(self) -> _Event5:
         what = "username/password"
-        if not self._have(1, what):
+        if not self._opens(USERPASS_VERSION, what, "an RFC 1929 sub-negotiation"):
             return NEED_DATA
-        if buf[pos] != USERPASS_VERSION:
-            raise ProtocolError(f"not an RFC 1929 sub-negotiation (version {buf[pos]:#04x})")
         if not self._have(2, what):
             return NEED_DATA
+        buf, pos = self._buf, self._pos
         ulen = buf[pos + 1]
         if ulen == 0:
             raise ProtocolError("empty username")
@@ -326,49 +264,27 @@ class Socks5Server(_Reader):
         self._state = _State.AUTH_DECISION
         return Credentials(username, password)
 
-    def _request(self) -> NeedData | Request | BadRequest:
-        buf, pos = self._buf, self._pos
-        if not self._have(1, "request"):
+    def _request(self) -> _Event5:
+        if not self._opens(SOCKS5, "request", "a SOCKS5 request"):
             return NEED_DATA
-        if buf[pos] != SOCKS5:
-            raise ProtocolError(f"not a SOCKS5 request (version {buf[pos]:#04x})")
         if not self._have(4, "request"):
             return NEED_DATA
+        buf, pos = self._buf, self._pos
         command, atyp = buf[pos + 1], buf[pos + 3]  # RSV (pos + 2) is not checked
-        addr = pos + 4
-        if atyp == ATYP_IPV4:
-            size = 4
-        elif atyp == ATYP_IPV6:
-            size = 16
-        elif atyp == ATYP_DOMAIN:
-            if not self._have(5, "request"):
-                return NEED_DATA
-            if buf[addr] == 0:
-                raise ProtocolError("empty domain in SOCKS5 request")
-            addr += 1
-            size = buf[pos + 4]
-        else:
+        if atyp not in ADDRESS_TYPES:
             # The address cannot be framed, so the rest of the stream is out of step.
-            self._pos = addr
             reason = f"address type {atyp:#04x} not supported"
-            bad = BadRequest(REP_ADDRESS_TYPE_NOT_SUPPORTED, reason)
-            self._finish(bad)
-            return bad
-        end = addr + size + 2
-        if not self._have(end - pos, "request"):
+            return self._finish(BadRequest(REP_ADDRESS_TYPE_NOT_SUPPORTED, reason), pos + 4)
+        # Five bytes reach the length of a domain; every request is at least that long.
+        if not self._have(5, "request"):
             return NEED_DATA
-        raw = bytes(buf[addr : addr + size])
-        if atyp == ATYP_IPV4:
-            host = f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
-        elif atyp == ATYP_IPV6:
-            host = ipaddress.IPv6Address(raw).compressed
-        else:
-            host = raw.decode("ascii", "replace")
-        port = int.from_bytes(buf[end - 2 : end], "big")
-        self._pos = end
-        request = Request(command, host, port, atyp)
-        self._finish(request)
-        return request
+        if atyp == ATYP_DOMAIN and buf[pos + 4] == 0:
+            raise ProtocolError("empty domain in SOCKS5 request")
+        size = 3 + address_size(buf, pos + 3)
+        if not self._have(size, "request"):
+            return NEED_DATA
+        host, port = decode_address(buf, pos + 3, readable=False)  # the caller validates it
+        return self._finish(Request(command, host, port, atyp), pos + size)
 
 
 # ------------------------------------------------------------------------------ SOCKS4
@@ -376,7 +292,7 @@ class Socks5Server(_Reader):
 _FIELD_MAX = 255  # bytes of a SOCKS4 user id or SOCKS4a domain before its NUL
 
 
-class Socks4Server(_Reader):
+class Socks4Server(_Reader[_Event4]):
     """The server side of one SOCKS4 or SOCKS4a request.
 
     The user id and the domain are NUL-terminated; each NUL is searched for within its
@@ -384,32 +300,16 @@ class Socks4Server(_Reader):
     still scanned once.
     """
 
-    __slots__ = ("_domain_at", "_event", "_scan")
+    __slots__ = ("_domain_at", "_scan")
 
     def __init__(self) -> None:
         super().__init__()
         self._scan = 0  # where the next NUL search starts
         self._domain_at = 0  # start of the SOCKS4a domain, once the user id is framed
-        self._event: Request4 | None = None
-
-    def _finished(self) -> bool:
-        return self._event is not None
-
-    def next_event(self) -> NeedData | Request4:
-        """The request once complete; `NEED_DATA` until then. Repeats the request."""
-        if self._error:
-            raise ProtocolError(self._error)
-        if self._event is not None:
-            return self._event
-        try:
-            return self._request()
-        except ProtocolError as exc:
-            self._error = str(exc)
-            raise
 
     def reply(self, granted: bool, bound_host: str = "0.0.0.0", bound_port: int = 0) -> bytes:
         """The 8-byte reply to `Request4`, once; `bound_host` must be IPv4."""
-        if self._event is None:
+        if self._final is None:
             raise RuntimeError("no request to reply to")
         self._check_reply()
         try:
@@ -417,18 +317,15 @@ class Socks4Server(_Reader):
         except ValueError:
             raise ValueError("a SOCKS4 bound address must be IPv4") from None
         code = SOCKS4_GRANTED if granted else SOCKS4_REJECTED
-        data = bytes((0, code)) + _port(bound_port) + address
         self._replied = True
-        return data
+        return bytes((0, code)) + encode_port(bound_port, lowest=0) + address
 
-    def _request(self) -> NeedData | Request4:
-        buf, pos = self._buf, self._pos
-        if not self._have(1, "request"):
+    def _step(self) -> _Event4:
+        if not self._opens(SOCKS4, "request", "a SOCKS4 request"):
             return NEED_DATA
-        if buf[pos] != SOCKS4:
-            raise ProtocolError(f"not a SOCKS4 request (version {buf[pos]:#04x})")
         if not self._have(8, "request"):
             return NEED_DATA
+        buf, pos = self._buf, self._pos
         ip = buf[pos + 4 : pos + 8]
         socks4a = ip[0] == ip[1] == ip[2] == 0 and ip[3] != 0
         user_at = pos + 8
@@ -447,17 +344,15 @@ class Socks4Server(_Reader):
             host = buf[self._domain_at : domain_end].decode("ascii", "replace")
             end = domain_end + 1
         else:
-            host = f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}"
+            host = ipv4_text(ip)
         request = Request4(
             command=buf[pos + 1],
             host=host,
-            port=int.from_bytes(buf[pos + 2 : pos + 4], "big"),
+            port=int.from_bytes(buf[pos + 2 : pos + 4]),
             user_id=buf[user_at : self._domain_at - 1].decode("utf-8", "replace"),
             socks4a=socks4a,
         )
-        self._pos = end
-        self._event = request
-        return request
+        return self._finish(request, end)
 
     def _find_nul(self, start: int, what: str) -> int:
         """The NUL ending the field at `start`, or -1 for "not yet"; raises past the bound."""

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
-from .http import _TOKEN
-from .reader import ProtocolError, quote
+from .http import _STATUS_LINE, _STATUS_START, _TOKEN
+from .reader import NEED_DATA, NeedData, ProtocolError, Reader, quote
 
-__all__ = ["LAST_CHUNK", "ProtocolError", "encode_chunk", "forward_request", "proxy_form"]
+__all__ = [
+    "LAST_CHUNK",
+    "ProtocolError",
+    "ResponseStart",
+    "ResponseStartReader",
+    "encode_chunk",
+    "forward_request",
+    "proxy_form",
+]
 
 
 LAST_CHUNK: Final[bytes] = b"0\r\n\r\n"
@@ -135,3 +144,58 @@ def proxy_form(head: bytes, authority: str, authorization: str | None = None) ->
             raise ValueError("bad authorization")
         extra = b"Proxy-Authorization: %s\r\n" % authorization.encode("latin-1")
     return line + extra + head[line_end + 2 :]
+
+
+# ------------------------------------------------------------------------- the answer
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStart:
+    """A complete response head arrived (an interim 1xx one counts: the hop answered)."""
+
+    status: int
+
+
+class ResponseStartReader(Reader[NeedData | ResponseStart]):
+    """Watches the first bytes of the answer to a forwarded request until one whole head
+    has arrived, checking the status line as it comes so that a peer that is not an HTTP
+    server is refused at once. It consumes nothing: `trailing_data` is every byte received,
+    to be relayed to the client as it was sent."""
+
+    __slots__ = ("_max_head", "_scan")
+    _complete = "the response has started"
+
+    def __init__(self, *, max_head: int = 65536) -> None:
+        super().__init__()
+        self._max_head = max_head
+        self._scan = 0
+
+    def _step(self) -> NeedData | ResponseStart:
+        buf = self._buf
+        if not buf:
+            if self._eof:
+                raise ProtocolError(self._closed(0, "response head"))
+            return NEED_DATA
+        line_end = buf.find(b"\r\n")
+        if line_end < 0:
+            start = bytes(buf[:13])  # "HTTP/1.1 200 ": what _STATUS_START can vouch for
+            m = _STATUS_START.match(start)
+            if m is None or m.end() < len(start):
+                raise ProtocolError(f"not an HTTP response: {quote(start)}")
+        elif _STATUS_LINE.fullmatch(buf, 0, line_end + 2) is None:
+            raise ProtocolError(f"not an HTTP response: {quote(bytes(buf[: line_end + 2]))}")
+        end = buf.find(b"\r\n\r\n", self._scan)
+        if end < 0:
+            if len(buf) > self._max_head:
+                raise ProtocolError(f"response head over {self._max_head} bytes")
+            self._scan = max(0, len(buf) - 3)
+            if self._eof:
+                raise ProtocolError(self._closed(len(buf), "response head"))
+            return NEED_DATA
+        status = int(buf[9:12])
+        return self._finish(ResponseStart(status), 0)
+
+    def _closed(self, available: int, what: str) -> str:
+        if not available:
+            return "closed without answering"
+        return f"closed inside the {what} after {available} bytes"

@@ -11,9 +11,8 @@ End of stream in one direction is passed on as a half-close where the other side
 carry one. A TLS leg cannot: the other direction then goes on only while bytes keep
 moving (LINGER), because the far side may itself be waiting for an end of stream that
 cannot reach it. An error in either direction ends both. Idleness is watched by a
-third task that samples the byte counters every quarter of `idle` seconds and ends the
-relay once they have not moved for four samples in a row, so an idle tunnel is closed
-between `idle` and 1.25 x `idle` after its last byte.
+third task that samples the byte counters by the rule in result.py (closed between
+`idle` and 1.25 x `idle` after the last byte).
 """
 
 from __future__ import annotations
@@ -21,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import anyio
 from anyio.abc import ByteStream
 
+from ..text import transport_reason
 from . import splice
+from .result import RelayResult, StillCounter
 
 CHUNK = 262144
 LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
@@ -41,14 +41,6 @@ def _on_asyncio() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-@dataclass(slots=True)
-class RelayResult:
-    up: int = 0  # client -> upstream
-    down: int = 0  # upstream -> client
-    idle_closed: bool = False
-    error: str | None = None
 
 
 def can_splice(client: ByteStream, upstream: ByteStream) -> bool:
@@ -108,7 +100,7 @@ async def _run(
             await direction(linger)
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if result.error is None:
-                result.error = f"{'client' if upward else 'upstream'}: {_why(exc)}"
+                result.error = f"{'client' if upward else 'upstream'}: {transport_reason(exc)}"
             tg.cancel_scope.cancel()
             return
         open_directions -= 1
@@ -116,18 +108,13 @@ async def _run(
             tg.cancel_scope.cancel()
 
     def linger() -> None:
-        tg.start_soon(watch, LINGER, 1, False)
+        tg.start_soon(watch, StillCounter(LINGER, 1), False)
 
-    async def watch(step: float, still_limit: int, is_idle: bool) -> None:
-        """End the relay once the counters stood still for still_limit samples."""
-        last = (-1, -1)
-        still = 0
+    async def watch(still: StillCounter, is_idle: bool) -> None:
+        """End the relay once the counters stood still long enough."""
         while True:
-            await anyio.sleep(step)
-            now = (count[0], count[1])
-            still = still + 1 if now == last else 0
-            last = now
-            if still >= still_limit:
+            await anyio.sleep(still.step)
+            if still.sample(count):
                 result.idle_closed = is_idle
                 tg.cancel_scope.cancel()
                 return
@@ -135,14 +122,6 @@ async def _run(
     async with anyio.create_task_group() as tg:
         tg.start_soon(run, up, True)
         tg.start_soon(run, down, False)
-        tg.start_soon(watch, idle / 4, 4, True)
+        tg.start_soon(watch, StillCounter.idle(idle), True)
     result.up, result.down = count
     return result
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, anyio.BrokenResourceError):
-        return "connection reset"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return type(exc).__name__

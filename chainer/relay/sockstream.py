@@ -22,6 +22,8 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream, SocketAttribute
 
+from ..text import READ_SIZE
+
 _BROKEN = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
@@ -33,7 +35,7 @@ class SockStream(ByteStream):
         self.sock = sock
         self._closed = False
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import ByteStream
 
+from ..text import transport_reason
+from .result import RelayResult, StillCounter
 from .sockstream import SockStream
 from .streams import PrefixedStream
 
@@ -135,14 +137,6 @@ class _Direction:
     finished: bool = False
 
 
-@dataclass
-class SpliceResult:
-    up: int = 0
-    down: int = 0
-    idle_closed: bool = False
-    error: str | None = None
-
-
 class Tunnel:
     """Both directions of one tunnel, driven by event-loop readiness callbacks: no task
     and no cancel scope. `on_done(result)` is called once, after the sockets are closed;
@@ -153,7 +147,7 @@ class Tunnel:
         a: Leg,
         b: Leg,
         idle: float,
-        on_done: Callable[[SpliceResult], None],
+        on_done: Callable[[RelayResult], None],
         sent: tuple[int, int] = (0, 0),
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -163,11 +157,9 @@ class Tunnel:
         self.count = list(sent)
         self.on_done = on_done
         self.finished = False
-        self.result = SpliceResult()
-        self.idle_step = idle / 4
-        self.still = 0
-        self.seen = (-1, -1)
-        self.timer = self.loop.call_later(self.idle_step, self._check_idle)
+        self.result = RelayResult()
+        self.idle = StillCounter.idle(idle)
+        self.timer = self.loop.call_later(self.idle.step, self._check_idle)
 
     def start(self) -> None:
         for d in self.dirs:
@@ -179,7 +171,7 @@ class Tunnel:
         try:
             self._move(d)
         except OSError as exc:
-            self._finish(f"{'client' if d.index == 0 else 'upstream'}: {_why(exc)}")
+            self._finish(f"{'client' if d.index == 0 else 'upstream'}: {transport_reason(exc)}")
 
     def _move(self, d: _Direction) -> None:
         loop = self.loop
@@ -230,14 +222,11 @@ class Tunnel:
             self._finish(None)
 
     def _check_idle(self) -> None:
-        now = (self.count[0], self.count[1])
-        self.still = self.still + 1 if now == self.seen else 0
-        self.seen = now
-        if self.still >= 4:
+        if self.idle.sample(self.count):
             self.result.idle_closed = True
             self._finish(None)
         else:
-            self.timer = self.loop.call_later(self.idle_step, self._check_idle)
+            self.timer = self.loop.call_later(self.idle.step, self._check_idle)
 
     def abort(self, reason: str) -> None:
         self._finish(reason)
@@ -274,7 +263,3 @@ async def send_pending(a: Leg, b: Leg) -> tuple[int, int]:
         b.sock.close()
         raise
     return len(a.pending), len(b.pending)
-
-
-def _why(exc: OSError) -> str:
-    return os.strerror(exc.errno).lower() if exc.errno else type(exc).__name__

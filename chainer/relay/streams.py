@@ -8,6 +8,8 @@ from typing import Any
 
 from anyio.abc import ByteStream
 
+from ..text import READ_SIZE
+
 
 @dataclass(eq=False, slots=True)
 class PrefixedStream(ByteStream):
@@ -21,7 +23,7 @@ class PrefixedStream(ByteStream):
     inner: ByteStream
     prefix: bytes
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
         if self.prefix:
             data, self.prefix = self.prefix[:max_bytes], self.prefix[max_bytes:]
             return data

@@ -39,10 +39,12 @@ from ..proto.http import basic_authorization
 from ..relay import generic as relay_mod
 from ..relay import sockstream, splice
 from ..relay.generic import relay
+from ..relay.result import RelayResult
 from ..relay.sockstream import SockStream
 from ..relay.streams import PrefixedStream
 from ..router import Router
 from ..routing.policy import Guard
+from ..text import READ_SIZE
 from .logs import ConnRecord, conn_id
 from .metrics import Metrics
 
@@ -355,9 +357,7 @@ class Server:
         conn.handed_off = True
         tunnel.start()
 
-    def _tunnel_done(
-        self, conn: ConnRecord, tunnel: splice.Tunnel, result: splice.SpliceResult
-    ) -> None:
+    def _tunnel_done(self, conn: ConnRecord, tunnel: splice.Tunnel, result: RelayResult) -> None:
         self._tunnels.discard(tunnel)
         conn.up, conn.down = result.up, result.down
         if result.idle_closed:
@@ -377,7 +377,7 @@ class Server:
 
 async def _receive_some(stream: ByteStream) -> bytes:
     try:
-        data = await stream.receive(65536)
+        data = await stream.receive(READ_SIZE)
     except anyio.EndOfStream:
         raise ClientGone() from None
     return data

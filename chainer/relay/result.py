@@ -1,0 +1,45 @@
+"""What both relay paths report, and the one rule both use to call a tunnel idle.
+
+The idle rule: the byte counters are sampled every quarter of `idle` seconds, and the
+tunnel is idle once they have stood still for four samples in a row — so an idle tunnel
+is closed between `idle` and 1.25 x `idle` after its last byte. The generic relay samples
+from a task (`anyio.sleep`), the splice path from an event-loop timer (`call_later`);
+both ask the same `StillCounter`. The generic relay's linger after a TLS end uses the
+same counter with one sample of LINGER seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+IDLE_SAMPLES = 4
+
+
+@dataclass(slots=True)
+class RelayResult:
+    up: int = 0  # client -> upstream
+    down: int = 0  # upstream -> client
+    idle_closed: bool = False
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class StillCounter:
+    """Counts samples in a row in which the (up, down) byte counters did not move."""
+
+    step: float  # seconds between samples
+    limit: int  # this many still samples in a row and the tunnel is done
+    _last: tuple[int, int] = (-1, -1)
+    _still: int = 0
+
+    @classmethod
+    def idle(cls, idle: float) -> StillCounter:
+        return cls(idle / IDLE_SAMPLES, IDLE_SAMPLES)
+
+    def sample(self, count: Sequence[int]) -> bool:
+        """Take one sample; True once the counters stood still `limit` times running."""
+        now = (count[0], count[1])
+        self._still = self._still + 1 if now == self._last else 0
+        self._last = now
+        return self._still >= self.limit

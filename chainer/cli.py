@@ -15,6 +15,7 @@ import anyio
 from .config import load_config
 from .errors import BadTarget, ConfigErrors
 from .models import Config
+from .relay import RelayOptions
 from .server.logs import setup_logging
 from .server.run import run_server
 from .text import parse_duration
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "check":
         sys.exit(_check(config, args.selector, args.target, args.json))
     setup_logging(args.log_level, args.log_file, args.log_format)
-    sys.exit(_run_server(config, args.grace, args.watch))
+    sys.exit(_run_server(config, args.grace, args.watch, _relay_options()))
 
 
 def _error(message: object) -> None:
@@ -222,10 +223,15 @@ def _demo() -> int:
     return EXIT_OK if ok else EXIT_RUNTIME
 
 
-def _run_server(config: Config, grace: float, watch: bool) -> int:
+def _relay_options() -> RelayOptions:
+    """CHAINER_RELAY=generic turns the splice fast path off (for comparisons and tests)."""
+    return RelayOptions(mode="generic" if os.environ.get("CHAINER_RELAY") == "generic" else "auto")
+
+
+def _run_server(config: Config, grace: float, watch: bool, relay: RelayOptions) -> int:
     status = EXIT_OK
     try:
-        anyio.run(functools.partial(run_server, config, grace=grace, watch=watch))
+        anyio.run(functools.partial(run_server, config, grace=grace, watch=watch, relay=relay))
     except* OSError as group:
         for exc in _leaves(group):
             print(f"error: {exc}", file=sys.stderr)

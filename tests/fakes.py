@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ByteStream, Listener, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteStream
+
+if TYPE_CHECKING:
+    from chainer.relay import RelayOptions
 
 Behaviour = (  # "dies": like ok, but stops listening after its first 502
     str  # ok | keepalive | silent | garbage | close | close_mid | split | coalesced | status:NNN
@@ -240,7 +243,7 @@ async def task_group() -> AsyncIterator[TaskGroup]:
 
 @asynccontextmanager
 async def running_chainer(
-    yaml_text: str, tmp_path: Path, name: str = "routes.yaml"
+    yaml_text: str, tmp_path: Path, name: str = "routes.yaml", *, relay: RelayOptions | None = None
 ) -> AsyncIterator[list[tuple[str, int]]]:
     """Serve a chainer route table in this event loop; yields the bound listener addresses.
 
@@ -251,7 +254,7 @@ async def running_chainer(
 
     path = tmp_path / name
     path.write_text(yaml_text)
-    server = Server(Router(load_config(path)))
+    server = Server(Router(load_config(path)), relay=relay)
     async with anyio.create_task_group() as tg:
         bound = await tg.start(server.serve)
         yield bound

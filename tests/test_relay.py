@@ -16,8 +16,7 @@ import pytest
 from fakes import _serve as serve_and_close
 from fakes import free_port, running_chainer, start_echo, start_hop, task_group
 
-from chainer.relay import generic as relay
-from chainer.relay import splice
+from chainer.relay import RelayOptions, splice
 
 pytestmark = pytest.mark.anyio
 
@@ -28,10 +27,11 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(params=["splice", "generic"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def relay(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RelayOptions]:
     if request.param == "splice" and not splice.AVAILABLE:
         pytest.skip("splice(2) is Linux-only")
-    monkeypatch.setattr(relay, "FAST_PATH", request.param == "splice")
     calls: list[str] = []
     real = splice.Tunnel.start
 
@@ -40,7 +40,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         real(self)
 
     monkeypatch.setattr(splice.Tunnel, "start", spy)
-    yield request.param
+    yield RelayOptions(mode=request.param)
     # the path under test is the one that ran (every test here opens at least one tunnel)
     assert bool(calls) == (request.param == "splice")
 
@@ -69,12 +69,14 @@ OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
 async def test_early_data_half_close_and_counts(
-    path: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    relay: RelayOptions, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="chainer.access")
     async with task_group() as tg:
         echo = await start_echo(tg, banner=b"HELLO\n")
-        async with running_chainer(table("  - {match: '*', via: direct}\n"), tmp_path) as b:
+        async with running_chainer(
+            table("  - {match: '*', via: direct}\n"), tmp_path, relay=relay
+        ) as b:
             async with await anyio.connect_tcp("127.0.0.1", b[0][1]) as s:
                 target = f"127.0.0.1:{echo.port}".encode()
                 await s.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\nEARLY")
@@ -90,12 +92,12 @@ async def test_early_data_half_close_and_counts(
     assert " down=300011 " in line
 
 
-async def test_through_a_hop_with_coalesced_answer(path: str, tmp_path: Path) -> None:
+async def test_through_a_hop_with_coalesced_answer(relay: RelayOptions, tmp_path: Path) -> None:
     async with task_group() as tg:
         echo = await start_echo(tg, banner=b"BANNER\n")
         hop = await start_hop(tg, "coalesced")
         text = table("  - {match: '*', via: [h]}\n", f"  h: {hop.url()}\n")
-        async with running_chainer(text, tmp_path) as b:
+        async with running_chainer(text, tmp_path, relay=relay) as b:
             async with await anyio.connect_tcp("127.0.0.1", b[0][1]) as s:
                 target = f"127.0.0.1:{echo.port}".encode()
                 await s.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -105,11 +107,11 @@ async def test_through_a_hop_with_coalesced_answer(path: str, tmp_path: Path) ->
     assert got == OK + b"BANNER\nping"
 
 
-async def test_idle_timeout(path: str, tmp_path: Path) -> None:
+async def test_idle_timeout(relay: RelayOptions, tmp_path: Path) -> None:
     async with task_group() as tg:
         echo = await start_echo(tg)
         text = table("  - {match: '*', via: direct}\n", idle="300ms")
-        async with running_chainer(text, tmp_path) as b:
+        async with running_chainer(text, tmp_path, relay=relay) as b:
             async with await anyio.connect_tcp("127.0.0.1", b[0][1]) as s:
                 await s.send(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 started = time.monotonic()
@@ -118,10 +120,12 @@ async def test_idle_timeout(path: str, tmp_path: Path) -> None:
     assert 0.25 < time.monotonic() - started < 2.0
 
 
-async def test_a_reset_ends_both_directions(path: str, tmp_path: Path) -> None:
+async def test_a_reset_ends_both_directions(relay: RelayOptions, tmp_path: Path) -> None:
     async with task_group() as tg:
         echo = await start_echo(tg)
-        async with running_chainer(table("  - {match: '*', via: direct}\n"), tmp_path) as b:
+        async with running_chainer(
+            table("  - {match: '*', via: direct}\n"), tmp_path, relay=relay
+        ) as b:
             s = await anyio.connect_tcp("127.0.0.1", b[0][1])
             await s.send(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert await s.receive() == OK
@@ -139,7 +143,9 @@ async def test_a_reset_ends_both_directions(path: str, tmp_path: Path) -> None:
                 assert await read_all(s) == OK + b"again"
 
 
-async def test_a_client_that_stops_reading_is_not_buffered_for(path: str, tmp_path: Path) -> None:
+async def test_a_client_that_stops_reading_is_not_buffered_for(
+    relay: RelayOptions, tmp_path: Path
+) -> None:
     """The origin pushes as fast as it can; the client reads nothing. What the origin
     manages to send must stay bounded by socket buffers, not grow inside chainer."""
     sent = 0
@@ -161,7 +167,9 @@ async def test_a_client_that_stops_reading_is_not_buffered_for(path: str, tmp_pa
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         tg.start_soon(serve_and_close, listener, firehose)
-        async with running_chainer(table("  - {match: '*', via: direct}\n"), tmp_path) as b:
+        async with running_chainer(
+            table("  - {match: '*', via: direct}\n"), tmp_path, relay=relay
+        ) as b:
             raw = socket.create_connection(("127.0.0.1", b[0][1]))
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             raw.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -174,12 +182,14 @@ async def test_a_client_that_stops_reading_is_not_buffered_for(path: str, tmp_pa
             raw.close()
 
 
-async def test_stopping_the_server_ends_live_tunnels(path: str, tmp_path: Path) -> None:
+async def test_stopping_the_server_ends_live_tunnels(relay: RelayOptions, tmp_path: Path) -> None:
     """However the server stops, its tunnels end with it (a spliced tunnel has no task
     that cancellation would reach)."""
     async with task_group() as tg:
         echo = await start_echo(tg)
-        async with running_chainer(table("  - {match: '*', via: direct}\n"), tmp_path) as b:
+        async with running_chainer(
+            table("  - {match: '*', via: direct}\n"), tmp_path, relay=relay
+        ) as b:
             s = await anyio.connect_tcp("127.0.0.1", b[0][1])
             await s.send(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert await s.receive() == OK
@@ -188,3 +198,4 @@ async def test_stopping_the_server_ends_live_tunnels(path: str, tmp_path: Path) 
         # the server is gone: the tunnel must be closed, not left relaying
         async with s:
             assert await read_all(s, limit=3) == b""
+    assert not relay.pipes.free  # and the pipes it pooled are closed

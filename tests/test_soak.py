@@ -27,6 +27,8 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteStream
 from fakes import free_port, running_chainer, start_echo, start_hop, task_group
 
+from chainer.relay import PipePool, RelayOptions
+
 pytestmark = pytest.mark.anyio
 
 LOOPBACK = "127.0.0.1"
@@ -42,12 +44,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def open_fds() -> int:
+def open_fds(pipes: PipePool) -> int:
     """Open descriptors, less the empty pipes the splice relay keeps pooled for reuse
     (bounded by design; not a leak)."""
-    from chainer.relay import splice
-
-    return len(os.listdir("/proc/self/fd")) - 2 * len(splice.PIPES.free)
+    return len(os.listdir("/proc/self/fd")) - 2 * len(pipes.free)
 
 
 def tasks() -> int:
@@ -274,10 +274,12 @@ async def run_one(scenario: Scenario, env: Env, rng: random.Random) -> str | Non
     return None
 
 
-async def settle(baseline_fds: int, baseline_tasks: int, within: float) -> tuple[int, int]:
+async def settle(
+    pipes: PipePool, baseline_fds: int, baseline_tasks: int, within: float
+) -> tuple[int, int]:
     deadline = time.monotonic() + within
     while True:
-        fds, now_tasks = open_fds(), tasks()
+        fds, now_tasks = open_fds(pipes), tasks()
         done = fds <= baseline_fds + FD_SLACK and now_tasks <= baseline_tasks + TASK_SLACK
         if done or time.monotonic() >= deadline:
             return fds, now_tasks
@@ -304,14 +306,15 @@ async def test_soak_leaves_no_descriptors_or_tasks_behind(
             "  - {match: silent.test, via: [quiet]}\n"
             "  - {match: '*', via: direct}\n"
         )
-        async with running_chainer(text, tmp_path) as bound:
+        relay = RelayOptions()
+        async with running_chainer(text, tmp_path, relay=relay) as bound:
             env = Env(bound[0][1], echo.port, origin)
             # warm up: every kind once, so lazily made things (thread pools, caches) exist
             warm_rng = random.Random(SEED - 1)
             problems = [await run_one(s, env, warm_rng) for s, _ in SCENARIOS]
             assert not any(problems), problems
             await anyio.sleep(0.5)
-            base_fds, base_tasks = open_fds(), tasks()
+            base_fds, base_tasks = open_fds(relay.pipes), tasks()
 
             rng = random.Random(SEED)
             kinds = rng.choices([s for s, _ in SCENARIOS], [w for _, w in SCENARIOS], k=CONNECTIONS)
@@ -324,7 +327,7 @@ async def test_soak_leaves_no_descriptors_or_tasks_behind(
             async def one(i: int) -> None:
                 async with limiter:
                     problem = await run_one(kinds[i], env, random.Random(seeds[i]))
-                    peak["fds"] = max(peak["fds"], open_fds())
+                    peak["fds"] = max(peak["fds"], open_fds(relay.pipes))
                 outcomes[kinds[i].__name__] += 1
                 if problem:
                     problems.append(problem)
@@ -336,7 +339,7 @@ async def test_soak_leaves_no_descriptors_or_tasks_behind(
                         clients.start_soon(one, i)
             elapsed = time.monotonic() - started
 
-            fds, now_tasks = await settle(base_fds, base_tasks, within=5.0)
+            fds, now_tasks = await settle(relay.pipes, base_fds, base_tasks, within=5.0)
             assert not problems, f"{len(problems)} unexpected answers, e.g. {problems[:5]}"
             assert sum(outcomes.values()) == CONNECTIONS
             assert fds <= base_fds + FD_SLACK, (

@@ -1,8 +1,9 @@
 """Moves bytes both ways between a client and the chain built for it.
 
 How this works. Two paths with the same semantics; the server picks one per tunnel:
-  - the fast path, when `can_splice` (both legs plain TCP sockets, Linux, asyncio): the
-    tunnel is handed to a splice.Tunnel and the kernel moves the bytes;
+  - the fast path, when `RelayOptions.can_splice` (both legs plain TCP sockets, Linux,
+    asyncio, not turned off): the tunnel is handed to a splice.Tunnel and the kernel
+    moves the bytes;
   - the generic path, `relay`, for everything else (a TLS leg, the plain-HTTP
     forwarding adapter): one task per direction reads up to 256 KiB and writes it on,
     with no cancel scope per chunk, so a client that stops reading stalls its direction
@@ -17,35 +18,16 @@ third task that samples the byte counters by the rule in result.py (closed betwe
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import ByteStream
 
 from ..text import transport_reason
-from . import splice
 from .result import RelayResult, StillCounter
 
 CHUNK = 262144
 LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
-# CHAINER_RELAY=generic turns the fast path off (for comparisons and tests).
-FAST_PATH = splice.AVAILABLE and os.environ.get("CHAINER_RELAY", "") != "generic"
-
-
-def _on_asyncio() -> bool:
-    """The fast path drives asyncio's loop directly (not available under trio)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def can_splice(client: ByteStream, upstream: ByteStream) -> bool:
-    """Both legs are plain sockets and the fast path is on."""
-    return FAST_PATH and _on_asyncio() and splice.can_detach(client) and splice.can_detach(upstream)
 
 
 async def relay(

@@ -85,9 +85,10 @@ def detach(stream: ByteStream) -> Leg:
     return Leg(inner.detach(), prefix, False)
 
 
-class _PipePool:
+class PipePool:
     """Empty pipes kept for reuse: a tunnel takes one only while bytes are in flight, so
-    ten thousand idle tunnels hold no pipes at all."""
+    ten thousand idle tunnels hold no pipes at all. Pipes are bare descriptors, never
+    collected: whoever owns the pool `clear`s it when its tunnels are done."""
 
     def __init__(self, keep: int = 16) -> None:
         self.keep = keep
@@ -108,11 +109,17 @@ class _PipePool:
         if len(self.free) < self.keep:
             self.free.append(pipe)
         else:
-            os.close(pipe[0])
-            os.close(pipe[1])
+            _close_pipe(pipe)
+
+    def clear(self) -> None:
+        """Close every pooled pipe (the pool stays usable: take() makes new ones)."""
+        while self.free:
+            _close_pipe(self.free.pop())
 
 
-PIPES = _PipePool()
+def _close_pipe(pipe: tuple[int, int]) -> None:
+    os.close(pipe[0])
+    os.close(pipe[1])
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
@@ -148,9 +155,11 @@ class Tunnel:
         b: Leg,
         idle: float,
         on_done: Callable[[RelayResult], None],
+        pipes: PipePool,
         sent: tuple[int, int] = (0, 0),
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.pipes = pipes
         fa, fb = a.sock.fileno(), b.sock.fileno()
         self.dirs = (_Direction(fa, fb, 0), _Direction(fb, fa, 1))
         self.socks = {fa: a.sock, fb: b.sock}
@@ -190,11 +199,11 @@ class Tunnel:
                 self._half_close(d)
                 return
             if d.pipe is None:
-                d.pipe = PIPES.take()
+                d.pipe = self.pipes.take()
             try:
                 n = os.splice(d.src, d.pipe[1], PIPE_SIZE, flags=_SPLICE_FLAGS)
             except BlockingIOError:
-                PIPES.give(d.pipe)  # empty: an idle direction holds no pipe
+                self.pipes.give(d.pipe)  # empty: an idle direction holds no pipe
                 d.pipe = None
                 loop.add_reader(d.src, self._readable, d)
                 return
@@ -216,7 +225,7 @@ class Tunnel:
             self.socks[d.dst].shutdown(socket.SHUT_WR)
         d.finished = True
         if d.pipe is not None:
-            PIPES.give(d.pipe)
+            self.pipes.give(d.pipe)
             d.pipe = None
         if all(x.finished for x in self.dirs):
             self._finish(None)
@@ -241,9 +250,7 @@ class Tunnel:
             self.loop.remove_reader(d.src)
             self.loop.remove_writer(d.dst)
             if d.pipe is not None:
-                # bytes may be left in it: never reuse it
-                os.close(d.pipe[0])
-                os.close(d.pipe[1])
+                _close_pipe(d.pipe)  # bytes may be left in it: never reuse it
                 d.pipe = None
         for sock in self.socks.values():
             sock.close()

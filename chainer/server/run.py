@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 from ..config import load_config
 from ..errors import ConfigErrors
 from ..models import Config
+from ..relay import RelayOptions
 from ..router import Router
 from .admin import AdminView, serve_admin
 from .server import Server
@@ -28,8 +29,14 @@ log = logging.getLogger("chainer")
 WATCH_INTERVAL = 1.0
 
 
-async def run_server(config: Config, *, grace: float = 10.0, watch: bool = False) -> None:
-    server = Server(Router(config), grace=grace)
+async def run_server(
+    config: Config,
+    *,
+    grace: float = 10.0,
+    watch: bool = False,
+    relay: RelayOptions | None = None,
+) -> None:
+    server = Server(Router(config), grace=grace, relay=relay)
     async with anyio.create_task_group() as tg:
         if config.admin is not None:
             view = AdminView(

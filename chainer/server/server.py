@@ -36,8 +36,7 @@ from ..models import Address, Config, HttpOptions, Listener, Proxy, Route
 from ..outbound.dialer import Dialed
 from ..proto.forward import proxy_form
 from ..proto.http import basic_authorization
-from ..relay import generic as relay_mod
-from ..relay import sockstream, splice
+from ..relay import RelayOptions, sockstream, splice
 from ..relay.generic import relay
 from ..relay.result import RelayResult
 from ..relay.sockstream import SockStream
@@ -64,9 +63,15 @@ class Server:
     connections, `shutdown` stops accepting and lets live tunnels finish."""
 
     def __init__(
-        self, router: Router, *, metrics: Metrics | None = None, grace: float = 10.0
+        self,
+        router: Router,
+        *,
+        metrics: Metrics | None = None,
+        grace: float = 10.0,
+        relay: RelayOptions | None = None,
     ) -> None:
         self.router = router
+        self.relay = relay if relay is not None else RelayOptions()
         self.metrics = metrics or Metrics(lambda: self.router.dialer.health)
         self.grace = grace
         self.active = 0
@@ -122,6 +127,7 @@ class Server:
             self._closing = True
             for tunnel in list(self._tunnels):
                 tunnel.abort("shutting down")
+            self.relay.pipes.clear()
             self.stopped.set()
 
     async def _serve(
@@ -309,7 +315,7 @@ class Server:
         async with dialed.stream:
             if request.kind == "connect":
                 client = await inbound.established()
-                if relay_mod.can_splice(client, dialed.stream):
+                if self.relay.can_splice(client, dialed.stream):
                     await self._hand_off(conn, client, dialed.stream, idle)
                     return
                 result = await relay(client, dialed.stream, idle)
@@ -347,7 +353,7 @@ class Server:
             conn.outcome, conn.error = "closed_on_error", "shutting down"
             return
         try:
-            tunnel = splice.Tunnel(a, b, idle, lambda result: None, sent)
+            tunnel = splice.Tunnel(a, b, idle, lambda result: None, self.relay.pipes, sent)
         except BaseException:
             a.sock.close()
             b.sock.close()

@@ -37,7 +37,7 @@ from ..errors import ChainerError
 from ..models import Address, Config
 from ..relay.streams import with_prefix
 from ..router import Router
-from ..server.server import Server
+from ..server import Server
 
 __all__ = ["ORIGIN_BODY", "ORIGIN_HOST", "run_demo"]
 

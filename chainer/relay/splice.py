@@ -266,7 +266,11 @@ async def send_pending(a: Leg, b: Leg) -> tuple[int, int]:
             if src.pending:
                 await _send_all(dst.sock, src.pending)
     except BaseException:
-        a.sock.close()
-        b.sock.close()
+        close_legs(a, b)
         raise
     return len(a.pending), len(b.pending)
+
+
+def close_legs(*legs: Leg) -> None:
+    for leg in legs:
+        leg.sock.close()

@@ -1,0 +1,226 @@
+"""One client's connection: sniff -> request -> guard, route, dial -> relay -> log.
+
+The first byte says what the client speaks (TLS is unwrapped first where the listener
+has `tls:`); the inbound side reads the whole request within client_timeout; the
+destination is checked against policy, routed and dialed; then the bytes are relayed —
+by this task (the generic relay, plain-HTTP forwarding) or, for two plain sockets, by a
+spliced tunnel handed to the server's `Tunnels`, after which this task ends and the
+tunnel reports its end. Either way the connection ends with one access line and its
+metrics, logged exactly once (`ConnRecord.handed_off` says who logs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ByteStream
+from anyio.streams.tls import TLSStream
+
+from ..errors import ChainFailed, Refused, describe_attempts
+from ..inbound import (
+    ClientError,
+    ClientGone,
+    HttpInbound,
+    Inbound,
+    Request,
+    error_response,
+    failure_for,
+    first_byte_kind,
+    open_inbound,
+    send_quietly,
+)
+from ..models import Address, Route
+from ..outbound.dialer import Dialed
+from ..relay import RelayOptions
+from ..relay.generic import relay
+from ..relay.result import RelayResult
+from ..relay.sockstream import SockStream
+from ..relay.streams import PrefixedStream
+from ..router import Router
+from ..routing.policy import Guard
+from ..text import READ_SIZE
+from .forwarding import forward
+from .listeners import Door, Occupancy
+from .logs import ConnRecord, conn_id
+from .metrics import Metrics
+from .tunnels import Tunnels
+
+log = logging.getLogger("chainer")
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every connection of one server uses."""
+
+    router: Callable[[], Router]  # the table now: a reload swaps it for new requests
+    metrics: Metrics
+    bound: Sequence[tuple[str, int]]  # our own listening addresses (the guard refuses loops)
+    relay: RelayOptions
+    tunnels: Tunnels
+    occupancy: Occupancy  # entered by the accept loop, left here when the connection ends
+    ids: Iterator[int]
+
+
+async def handle(shared: Shared, client: SockStream, door: Door) -> None:
+    await Connection(shared, client, door).run()
+
+
+class Connection:
+    def __init__(self, shared: Shared, client: SockStream, door: Door) -> None:
+        self.shared = shared
+        self.client = client
+        self.door = door
+        # A client that reset before we got here has no peer address any more.
+        try:
+            peer = client.sock.getpeername()
+        except OSError:
+            peer = ("0.0.0.0", 0)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        peer_port = int(peer[1]) if isinstance(peer, tuple) else 0
+        self.record = ConnRecord(next(shared.ids), str(Address(self.peer_host, peer_port)))
+
+    async def run(self) -> None:
+        conn = self.record
+        conn_id.set(conn.id)
+        try:
+            if not self.door.allows(self.peer_host):
+                conn.outcome, conn.error = "denied", "client address not allowed"
+                return
+            await self._serve_client()
+        except ClientGone:
+            conn.outcome = "client_gone"
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            conn.outcome, conn.error = "client_error", type(exc).__name__
+        except Exception:
+            # A bug must cost one connection, not the listener and every tunnel on it.
+            conn.outcome, conn.error = "internal_error", "see traceback"
+            log.exception("conn=%d: internal error", conn.id)
+        finally:
+            # Shielded: a cancelled connection (grace over, serve() cancelled) must still
+            # close its socket. A socket already handed to a tunnel is not closed here.
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(self.client)
+            if not conn.handed_off:
+                self._ended()
+
+    async def _serve_client(self) -> None:
+        conn, tls = self.record, self.door.tls
+        stream: ByteStream = self.client
+        inbound: Inbound | None = None
+        limits = self.shared.router().config.limits
+        with anyio.move_on_after(limits.client_timeout) as scope:
+            first = await _receive_some(stream)
+            kind = first_byte_kind(first[0])
+            if kind == "tls" and tls is not None:
+                stream = await TLSStream.wrap(
+                    PrefixedStream(stream, first), server_side=True, ssl_context=tls
+                )
+                first = await _receive_some(stream)
+                kind = first_byte_kind(first[0])
+            users = dict(self.door.listener.users)
+            inbound = open_inbound(kind, stream, users, first, limits)
+            if inbound is None:
+                conn.outcome = "bad_request"
+                conn.error = f"{kind} where a request should begin: {first[:8]!r}"
+                await send_quietly(stream, error_response(400, "not an HTTP or SOCKS request"))
+                return
+            try:
+                request = await inbound.read_request()
+            except ClientError as exc:
+                conn.outcome, conn.error = "bad_request", exc.message
+                await inbound.reject(exc)
+                return
+        if scope.cancelled_caught:
+            conn.outcome, conn.error = "client_timeout", "no complete request in time"
+            if inbound is not None:
+                await inbound.reject(ClientError(408, "no complete request in time"))
+            return
+        assert inbound is not None
+        conn.target = request.target
+        await self._serve_request(inbound, request)
+
+    async def _serve_request(self, inbound: Inbound, request: Request) -> None:
+        conn, metrics = self.record, self.shared.metrics
+        router = self.shared.router()
+        guard = Guard.for_listener(router.config.policy, self.door.listener, self.shared.bound)
+        try:
+            guard.check(request.target)
+            match, dialed = await router.open(
+                request.target, guard.check_address, forward=request.kind == "forward"
+            )
+        except (Refused, ChainFailed) as exc:
+            for attempt in getattr(exc, "attempts", ()):
+                metrics.hop_failure(attempt)
+            failure = failure_for(exc)
+            conn.outcome, conn.error = failure.outcome, failure.message
+            conn.route = exc.route or "-"
+            await inbound.refuse(failure)
+            return
+        conn.route, conn.via, conn.trace = match.route.label(), dialed.via.label, dialed.trace
+        if dialed.attempts or dialed.skipped:
+            conn.failovers = describe_attempts(dialed.attempts, dialed.skipped)
+        for attempt in dialed.attempts:
+            metrics.hop_failure(attempt)
+        for hop in dialed.trace:
+            metrics.hop_setup(hop.name, hop.seconds)
+        metrics.active.inc()
+        try:
+            await self._relay(inbound, request, dialed, router, match.route)
+        finally:
+            if not conn.handed_off:
+                metrics.active.dec()
+
+    async def _relay(
+        self, inbound: Inbound, request: Request, dialed: Dialed, router: Router, route: Route
+    ) -> None:
+        idle = router.config.defaults.idle
+        async with dialed.stream:
+            if request.kind == "connect":
+                client = await inbound.established()
+                if self.shared.relay.can_splice(client, dialed.stream):
+                    await self._hand_off(client, dialed.stream, idle)
+                    return
+                result = await relay(client, dialed.stream, idle)
+            else:
+                assert isinstance(inbound, HttpInbound)
+                options, who = router.config.http, self.record.client
+                result = await forward(inbound, request, dialed, options, route, who, idle)
+        self._note(result)
+
+    async def _hand_off(self, client: ByteStream, upstream: ByteStream, idle: float) -> None:
+        """What this task would have done at the end — the log line, the counters —
+        happens when the tunnel ends (`_tunnel_ended`)."""
+        if await self.shared.tunnels.hand_off(client, upstream, idle, self._tunnel_ended):
+            self.record.handed_off = True
+        else:
+            self.record.outcome, self.record.error = "closed_on_error", "shutting down"
+
+    def _tunnel_ended(self, result: RelayResult) -> None:
+        self._note(result)
+        self.shared.metrics.active.dec()
+        self._ended()
+
+    def _note(self, result: RelayResult) -> None:
+        conn = self.record
+        conn.up, conn.down = result.up, result.down
+        if result.idle_closed:
+            conn.outcome = "idle_timeout"
+        elif result.error:
+            conn.outcome, conn.error = "closed_on_error", result.error
+
+    def _ended(self) -> None:
+        conn = self.record
+        conn.log()
+        self.shared.metrics.connection_done(conn.route, conn.outcome, conn.up, conn.down)
+        self.shared.occupancy.leave()
+
+
+async def _receive_some(stream: ByteStream) -> bytes:
+    try:
+        data = await stream.receive(READ_SIZE)
+    except anyio.EndOfStream:
+        raise ClientGone() from None
+    return data

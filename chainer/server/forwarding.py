@@ -1,0 +1,61 @@
+"""Plain-HTTP forwarding: an absolute-form request (`GET http://host/path`) goes on as a
+request, not through a CONNECT.
+
+The head the inbound side cleaned (hop-by-hop headers and Proxy-Authorization gone)
+gets what this proxy adds — Via, X-Forwarded-For — and, when the last hop is an HTTP
+proxy that takes the request itself, goes back into proxy form with that hop's
+credentials. The body and the answer then move through the generic relay, which ends
+with the upstream's answer.
+"""
+
+from __future__ import annotations
+
+from ..inbound import HttpInbound, Request
+from ..models import Address, HttpOptions, Proxy, Route
+from ..outbound.dialer import Dialed
+from ..proto.forward import proxy_form
+from ..proto.http import basic_authorization
+from ..relay.generic import relay
+from ..relay.result import RelayResult
+
+
+async def forward(
+    inbound: HttpInbound,
+    request: Request,
+    dialed: Dialed,
+    options: HttpOptions,
+    route: Route,
+    client: str,
+    idle: float,
+) -> RelayResult:
+    """Send the request on and relay until the upstream has answered; `client` is the
+    client's address as the access line shows it."""
+    head = forwarded_head(request.head, options, route, client)
+    if dialed.forward_to is not None:
+        head = for_proxy(head, request.target, dialed.forward_to)
+    await dialed.stream.send(head)
+    result = await relay(
+        inbound.body_stream(request.chunked), dialed.stream, idle, end_with_upstream=True
+    )
+    result.up += len(head)
+    return result
+
+
+def forwarded_head(head: bytes, options: HttpOptions, route: Route, client: str) -> bytes:
+    """The forwarded request head with what this proxy adds: Via (unless the route is
+    anonymous or Via is off) and X-Forwarded-For (only when configured)."""
+    extra = b""
+    if options.via and not route.anonymous:
+        extra += f"Via: 1.1 {options.via}\r\n".encode()
+    if options.x_forwarded_for and not route.anonymous:
+        client_ip = client.rpartition(":")[0].strip("[]")
+        extra += f"X-Forwarded-For: {client_ip}\r\n".encode()
+    return head[:-2] + extra + b"\r\n" if extra else head
+
+
+def for_proxy(head: bytes, target: Address, proxy: Proxy) -> bytes:
+    """The head in proxy form for an HTTP last hop, with that hop's credentials."""
+    authorization = None
+    if proxy.username is not None:
+        authorization = basic_authorization(proxy.username, proxy.password or "")
+    return proxy_form(head, target.authority(), authorization)

@@ -19,8 +19,8 @@ from anyio.abc import TaskStatus
 from ..models import Config, Listener, Proxy
 from ..relay import RelayOptions
 from ..router import Router
-from . import listeners as doors
 from .connection import Shared, handle
+from .listeners import Occupancy, accept, address, bind
 from .metrics import Metrics
 from .tunnels import Tunnels
 
@@ -43,7 +43,7 @@ class Server:
         self.metrics = metrics or Metrics(lambda: self.router.dialer.health)
         self.grace = grace
         self.relay = relay if relay is not None else RelayOptions()
-        self.occupancy = doors.Occupancy(lambda: self.router.config.limits.max_connections)
+        self.occupancy = Occupancy(lambda: self.router.config.limits.max_connections)
         self._ids = itertools.count(1)
         self._stopping = anyio.Event()
         self.stopped = anyio.Event()  # set once serve() has returned
@@ -102,37 +102,40 @@ class Server:
         task_status: TaskStatus[list[tuple[str, int]]],
     ) -> None:
         listeners = listeners if listeners is not None else self.router.config.listeners
-        sockets = doors.bind(listeners)
-        self.bound.extend(doors.address(sock) for _, sock in sockets)
-        # Tunnels is entered outside the connection group: it outlives every task that
-        # could hand it a tunnel, and its exit ends the tunnels however serve() ends.
-        async with Tunnels(self.relay.pipes) as tunnels:
-            shared = Shared(
-                lambda: self.router,
-                self.metrics,
-                self.bound,
-                self.relay,
-                tunnels,
-                self.occupancy,
-                self._ids,
-            )
-            connect = functools.partial(handle, shared)
-            async with anyio.create_task_group() as connections:
-                try:
-                    async with anyio.create_task_group() as accepting:
-                        for listener, sock in sockets:
-                            accepting.start_soon(
-                                doors.accept, sock, listener, self.occupancy, connections, connect
-                            )
-                        task_status.started(list(self.bound))
-                        await self._stopping.wait()
-                        accepting.cancel_scope.cancel()
-                    await self._drain()
-                finally:
-                    # An accept loop cancelled before it ran never closed its socket.
-                    for _, sock in sockets:
-                        sock.close()
-                    connections.cancel_scope.cancel()
+        sockets = bind(listeners)
+        self.bound.extend(address(sock) for _, sock in sockets)
+        try:
+            # Tunnels is entered outside the connection group: it outlives every task that
+            # could hand it a tunnel, and its exit ends the tunnels however serve() ends.
+            async with Tunnels(self.relay.pipes) as tunnels:
+                shared = Shared(
+                    lambda: self.router,
+                    self.metrics,
+                    self.bound,
+                    self.relay,
+                    tunnels,
+                    self.occupancy,
+                    self._ids,
+                )
+                connect = functools.partial(handle, shared)
+                async with anyio.create_task_group() as connections:
+                    try:
+                        async with anyio.create_task_group() as accepting:
+                            for listener, sock in sockets:
+                                accepting.start_soon(
+                                    accept, sock, listener, self.occupancy, connections, connect
+                                )
+                            task_status.started(list(self.bound))
+                            await self._stopping.wait()
+                            accepting.cancel_scope.cancel()
+                        await self._drain()
+                    finally:
+                        connections.cancel_scope.cancel()
+        finally:
+            # Each accept loop closes its socket as it stops; one cancelled before it
+            # ever ran did not.
+            for _, sock in sockets:
+                sock.close()
 
     async def _drain(self) -> None:
         log.info("stopped accepting; %d connections open", self.active)

@@ -9,7 +9,7 @@ from anyio.abc import ByteStream
 from .config import load_config
 from .errors import Refused
 from .models import Address, Config
-from .outbound.dialer import Dialed, Dialer
+from .outbound.dialer import Dialed, Dialer, Forward
 from .outbound.health import Health
 from .outbound.tcp import Screen
 from .routing.table import Match, RouteTable
@@ -39,10 +39,12 @@ class Router:
         return match
 
     async def open(
-        self, target: Address, screen: Screen | None = None, *, forward: bool = False
+        self, target: Address, screen: Screen | None = None, *, forward: Forward | None = None
     ) -> tuple[Match, Dialed]:
         """Route `target` and build its chain (fallbacks included). `screen(ip, port)`
-        vets the addresses a `direct` route resolves the name to."""
+        vets the addresses a `direct` route resolves the name to. With `forward`, a
+        plain-HTTP request whose chain ends at an HTTP proxy is sent to that proxy as it
+        is (`Dialed.forward_to` names it); otherwise the chain reaches the destination."""
         match = self.route(target)
         route = match.route
         vias = (route.via, *route.fallback)

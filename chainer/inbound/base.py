@@ -48,6 +48,7 @@ class Request:
     head: bytes = b""  # forward: the rewritten request head for the origin
     chunked: bool = False
     user: str | None = None
+    body: bool = False  # forward: a body follows the head (chunked, or a length over 0)
 
 
 class Inbound(Protocol):

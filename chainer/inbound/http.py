@@ -123,7 +123,11 @@ class HttpInbound:
             name == b"transfer-encoding" and b"chunked" in value.lower()
             for name, value in event.headers
         )
-        return Request("forward", address, head=head, chunked=chunked, user=user)
+        body = chunked or any(
+            name == b"content-length" and value.strip() not in (b"", b"0")
+            for name, value in event.headers
+        )
+        return Request("forward", address, head=head, chunked=chunked, user=user, body=body)
 
     def _authenticate(self, request: h11.Request) -> str | None:
         if not self.users:

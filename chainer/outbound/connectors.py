@@ -18,6 +18,7 @@ from anyio.abc import ByteStream
 from ..errors import HopAnswer, HopClosed, HopProtocolError
 from ..models import Address, Proxy
 from ..proto import socks_codes as codes
+from ..proto.forward import ResponseStartReader
 from ..proto.http import (
     NEED_DATA,
     ConnectResponseReader,
@@ -174,3 +175,16 @@ def _says_dns_failed(headers: tuple[tuple[str, str], ...]) -> bool:
         name.lower() == "x-squid-error" and value.startswith("ERR_DNS_FAIL")
         for name, value in headers
     )
+
+
+async def http_forward(stream: ByteStream, head: bytes, body: bool) -> ByteStream:
+    """Send a plain-HTTP request head to an HTTP proxy and, unless a body is to follow,
+    wait for the first head of its answer; the stream given back delivers that answer
+    from its first byte. A request with a body is answered only once the body has been
+    sent, so it is given back at once (the caller bounds the wait for its answer)."""
+    await stream.send(head)
+    if body:
+        return stream
+    reader = ResponseStartReader()
+    await _next_answer(stream, reader, [False])
+    return with_prefix(stream, reader.trailing_data)

@@ -49,10 +49,10 @@ from ..models import Address, Proxy, Timeouts, Via
 from . import steps
 from .blame import DeadlineExceeded, NoneReached, Where, blame
 from .health import Health, Trial
-from .steps import Deadline, HopTrace, close_now
+from .steps import Deadline, Forward, HopTrace, close_now
 from .tcp import Screen
 
-__all__ = ["MAX_ATTEMPTS", "Dialed", "Dialer", "HopTrace"]
+__all__ = ["MAX_ATTEMPTS", "Dialed", "Dialer", "Forward", "HopTrace"]
 
 MAX_ATTEMPTS = 8  # the default of limits.max_attempts
 
@@ -90,7 +90,7 @@ class _Run:
     attempts: list[HopError] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
     denied: set[str] = field(default_factory=set)  # hops that refused us: not asked again
-    forward: bool = False  # a plain-HTTP request: an HTTP last hop gets it as is
+    forward: Forward | None = None  # a plain-HTTP request: an HTTP last hop gets it as is
     forward_to: Proxy | None = None
     budget: int = MAX_ATTEMPTS
     spent: int = 0  # upstream connections opened and requests sent
@@ -147,7 +147,7 @@ class Dialer:
         target: Address,
         screen: Screen | None = None,
         *,
-        forward: bool = False,
+        forward: Forward | None = None,
     ) -> Dialed:
         """Reach `target` by the first of `vias` that works, within the deadline.
         `screen(ip, port)` vets each address a `direct` connection resolves to (it raises
@@ -212,14 +212,16 @@ class Dialer:
         if pos == len(via.hops):
             assert prev is not None
             assert parent is not None
-            if run.forward and path[-1].scheme in ("http", "https"):
-                # An HTTP proxy takes a plain-HTTP request as it is; many (squid's
-                # default) refuse to CONNECT to port 80.
-                run.forward_to = path[-1]
-                return prev
             run.spend(1)
             with run.recording():
-                stream = await steps.ask_destination(prev, path, run.target, run.deadline)
+                if run.forward is not None and path[-1].scheme in ("http", "https"):
+                    # An HTTP proxy takes a plain-HTTP request as it is; many (squid's
+                    # default) refuse to CONNECT to port 80. Its answer is awaited like
+                    # a CONNECT's, so a silent hop fails over in its handshake_timeout.
+                    stream = await steps.forward(prev, path, run.target, run.forward, run.deadline)
+                    run.forward_to = path[-1]
+                else:
+                    stream = await steps.ask_destination(prev, path, run.target, run.deadline)
             parent.answered()
             return stream
         edge_from = path[-1].name if path else ""

@@ -34,12 +34,14 @@ from .blame import DeadlineExceeded, Expired, Where, blame, expired, lost_kept_c
 
 __all__ = [
     "Deadline",
+    "Forward",
     "HopTrace",
     "Stale",
     "Survived",
     "ask_destination",
     "close_now",
     "direct",
+    "forward",
     "probe",
     "reach",
     "reach_path",
@@ -79,6 +81,16 @@ class Limit:
     at: float
     cause: Expired
     where: Where
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A plain-HTTP request to be sent to an HTTP last hop as it is: `head_for(hop)` gives
+    the head in absolute form with that hop's own credentials; `body` says whether a body
+    follows (then the answer cannot be awaited before it is sent)."""
+
+    head_for: Callable[[Proxy], bytes]
+    body: bool = False
 
 
 class Stale(Exception):
@@ -176,6 +188,33 @@ async def ask_destination(
 ) -> ByteStream:
     """Ask the last hop of `path`, reached over `stream`, for the destination."""
     return await _ask(stream, path, target, deadline)
+
+
+async def forward(
+    stream: ByteStream,
+    path: Sequence[Proxy],
+    target: Address,
+    request: Forward,
+    deadline: Deadline,
+) -> ByteStream:
+    """Send a plain-HTTP request to the last hop of `path` (an HTTP proxy) and wait, within
+    its handshake_timeout, for the first head of its answer, exactly as for a CONNECT: a
+    hop that stays silent, closes or answers garbage fails here, in time to try another.
+    Consumes `stream`."""
+    hop = path[-1]
+    where = Where(len(path), hop.name, "handshake", str(target))
+    limits = [
+        Limit(anyio.current_time() + hop.handshake_timeout, Expired(hop.handshake_timeout), where),
+        deadline.limit(where),
+    ]
+    head = request.head_for(hop)
+    try:
+        return await _translated(
+            limits, where, lambda: connectors.http_forward(stream, head, request.body)
+        )
+    except BaseException:
+        await close_now(stream)
+        raise
 
 
 async def _ask(

@@ -42,7 +42,7 @@ from ..relay.streams import PrefixedStream
 from ..router import Router
 from ..routing.policy import Guard
 from ..text import READ_SIZE
-from .forwarding import forward
+from . import forwarding
 from .listeners import Door, Occupancy
 from .logs import ConnRecord, conn_id
 from .metrics import Metrics
@@ -148,9 +148,12 @@ class Connection:
         guard = Guard.for_listener(router.config.policy, self.door.listener, self.shared.bound)
         try:
             guard.check(request.target)
-            match, dialed = await router.open(
-                request.target, guard.check_address, forward=request.kind == "forward"
-            )
+            plan = None
+            if request.kind == "forward":
+                match = router.route(request.target)
+                options = router.config.http
+                plan = forwarding.plan(request, options, match.route, self.record.client)
+            match, dialed = await router.open(request.target, guard.check_address, forward=plan)
         except (Refused, ChainFailed) as exc:
             for attempt in getattr(exc, "attempts", ()):
                 metrics.hop_failure(attempt)
@@ -187,7 +190,9 @@ class Connection:
             else:
                 assert isinstance(inbound, HttpInbound)
                 options, who = router.config.http, self.record.client
-                result = await forward(inbound, request, dialed, options, route, who, idle)
+                result = await forwarding.forward(
+                    inbound, request, dialed, options, route, who, idle
+                )
         self._note(result)
 
     async def _hand_off(self, client: ByteStream, upstream: ByteStream, idle: float) -> None:

@@ -35,6 +35,7 @@ class FakeHop:
     closed: int = 0
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     closed_event: anyio.Event = field(default_factory=anyio.Event)
+    requested: anyio.Event = field(default_factory=anyio.Event)  # a first request came
 
     @property
     def address(self) -> str:
@@ -55,6 +56,7 @@ class FakeHop:
     async def _serve(self, buffered: BufferedByteStream, client: SocketStream) -> None:
         head = await buffered.receive_until(b"\r\n\r\n", 65536) + b"\r\n\r\n"
         self.requests.append(head)
+        self.requested.set()
         b = self.behaviour
         while b == "keepalive":
             # A proxy that keeps its connection after a failed CONNECT: a 502 with a

@@ -118,3 +118,9 @@ def test_allow_local_lets_an_exposed_listener_reach_what_it_names() -> None:
         Guard.for_listener(
             Policy(allow_local=(compile_pattern("0.0.0.0/0"),)), EXPOSED, BOUND
         ).check(Address("127.0.0.1", 3128))
+
+
+def test_the_head_ends_at_the_first_blank_line_whatever_follows() -> None:
+    # bare LFs first, a CRLF blank line later in the body: the head ends at the first
+    assert find_head_end(b"CONNECT a:1 HTTP/1.1\n\n5\r\nhello\r\n0\r\n\r\n") == 22
+    assert find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody\n\n") == 27

@@ -245,3 +245,11 @@ def test_a_zone_id_is_no_pattern(text: str) -> None:
 def test_a_zone_id_is_no_destination(host: str) -> None:
     with pytest.raises(BadTarget):
         normalize_host(host)
+
+
+@pytest.mark.parametrize("text", ["\u00b9", "\u0663", "\uff18\uff10", "1\u00b2"])
+def test_a_port_is_ascii_digits_only(text: str) -> None:
+    from chainer.routing.target import parse_port
+
+    with pytest.raises(BadTarget):
+        parse_port(text)

@@ -182,7 +182,7 @@ async def test_cancelling_serve_closes_and_logs_each_spliced_tunnel_once(
     for port in ports:
         mine = [line for line in lines if f"client=127.0.0.1:{port} " in line]
         assert len(mine) == 1, lines
-        assert "outcome=closed_on_error" in mine[0]
-        assert 'error="shutting down"' in mine[0]
+        assert "outcome=shutdown" in mine[0]
+        assert 'error="closed at shutdown"' in mine[0]
         assert " up=4 down=4 " in mine[0]
     assert not server.relay.pipes.free

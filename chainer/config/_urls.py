@@ -69,7 +69,7 @@ def _redact(url: str) -> str:
     authority = rest[:cut]
     if "@" not in authority and not authority.startswith("["):
         host, colon, port = authority.partition(":")
-        if colon and not port.isdigit():
+        if colon and not (port.isascii() and port.isdigit()):
             rest = f"{host}:***"  # everything after the first ":" may be a password
     return f"{scheme}{sep}{rest}"
 

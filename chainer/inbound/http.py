@@ -23,6 +23,7 @@ from ..errors import BadTarget
 from ..models import Address, Limits
 from ..proto.forward import LAST_CHUNK, encode_chunk, forward_request
 from ..proto.request import check_request_head, find_head_end
+from ..relay.result import ClientClosed
 from ..relay.streams import with_prefix
 from ..routing.target import normalize_host, parse_authority
 from .answers import Failure, error_response
@@ -185,7 +186,10 @@ class _ForwardStream(ByteStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self.done:
-            event = await self.inbound._next_event()
+            try:
+                event = await self.inbound._next_event()
+            except ClientError:
+                raise ClientClosed from None  # closed (or broke off) inside its body
             if isinstance(event, h11.Data):
                 if not event.data:
                     continue
@@ -194,10 +198,16 @@ class _ForwardStream(ByteStream):
             if isinstance(event, h11.EndOfMessage) and self.chunked:
                 return LAST_CHUNK
             if not isinstance(event, h11.EndOfMessage):
-                raise anyio.EndOfStream
-        # The request is complete; the origin's answer ends the exchange.
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
+                raise ClientClosed
+        # The request is complete; the origin's answer ends the exchange. Until it does,
+        # watch the client: one that goes away ends the upstream side at once rather
+        # than leaving it until idle_timeout. (What a client sends meanwhile — a
+        # pipelined request — is not served: the answer ends with Connection: close.)
+        while True:
+            try:
+                await self.inbound.stream.receive(max_bytes)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                raise ClientClosed from None
 
     async def send(self, item: bytes) -> None:
         await self.inbound.stream.send(item)

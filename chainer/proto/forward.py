@@ -118,7 +118,7 @@ def _split_url(target: bytes) -> tuple[str, int, bytes, bytes]:
         raise ValueError(f"no host in URL {quote(target)}")
     port = 80
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ValueError(f"bad port in URL {quote(target)}")
         port = int(port_text)
     host_value = written if port == 80 else b"%s:%d" % (written, port)

@@ -18,11 +18,11 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 def find_head_end(buffer: bytes) -> int:
     """The index just past the blank line ending the head; -1 if not there yet.
     A head ended by bare LFs is found too (and then refused by check_request_head)."""
-    end = buffer.find(b"\r\n\r\n")
-    if end >= 0:
-        return end + 4
-    bare = buffer.find(b"\n\n")
-    return bare + 2 if bare >= 0 else -1
+    ends = [i + len(mark) for mark in (b"\r\n\r\n", b"\n\n") if (i := buffer.find(mark)) >= 0]
+    # The earlier one: a head ended by bare LFs must be found (and refused) even when a
+    # CRLF blank line follows in the body, or the verdict would depend on how the bytes
+    # were cut into packets.
+    return min(ends) if ends else -1
 
 
 def check_request_head(head: bytes, max_fields: int) -> tuple[int, str] | None:

@@ -24,19 +24,25 @@ import anyio
 from anyio.abc import ByteStream
 
 from ..text import transport_reason
-from .result import RelayResult, StillCounter
+from .result import ClientClosed, RelayResult, StillCounter
 
 CHUNK = 262144
 LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
 
 
 async def relay(
-    client: ByteStream, upstream: ByteStream, idle: float, *, end_with_upstream: bool = False
+    client: ByteStream,
+    upstream: ByteStream,
+    idle: float,
+    *,
+    end_with_upstream: bool = False,
+    result: RelayResult | None = None,
 ) -> RelayResult:
     """The generic path: relay until both directions have ended (or, with
     end_with_upstream, until the upstream has finished: a forwarded plain-HTTP exchange
-    ends with the origin's answer)."""
-    count = [0, 0]
+    ends with the origin's answer). `result`, when given, counts the bytes as they move
+    (so a caller that is cancelled still knows them) and is returned."""
+    result = result if result is not None else RelayResult()
 
     async def direction(src: ByteStream, dst: ByteStream, index: int, linger: Linger) -> None:
         while True:
@@ -44,7 +50,10 @@ async def relay(
                 data = await src.receive(CHUNK)
             except anyio.EndOfStream:
                 break
-            count[index] += len(data)
+            if index:
+                result.down += len(data)
+            else:
+                result.up += len(data)
             await dst.send(data)
         try:
             await dst.send_eof()
@@ -54,13 +63,14 @@ async def relay(
             # on only while it keeps moving.
             linger()
 
-    return await _run(
+    await _run(
         lambda linger: direction(client, upstream, 0, linger),
         lambda linger: direction(upstream, client, 1, linger),
-        count,
         idle,
         end_with_upstream,
+        result,
     )
+    return result
 
 
 Linger = Callable[[], None]
@@ -69,17 +79,21 @@ Linger = Callable[[], None]
 async def _run(
     up: Callable[[Linger], Awaitable[None]],
     down: Callable[[Linger], Awaitable[None]],
-    count: list[int],
     idle: float,
     end_with_upstream: bool,
-) -> RelayResult:
-    result = RelayResult()
+    result: RelayResult,
+) -> None:
     open_directions = 2
 
     async def run(direction: Callable[[Linger], Awaitable[None]], upward: bool) -> None:
         nonlocal open_directions
         try:
             await direction(linger)
+        except ClientClosed:
+            result.client_closed = True
+            result.error = result.error or "client closed before the answer ended"
+            tg.cancel_scope.cancel()
+            return
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if result.error is None:
                 result.error = f"{'client' if upward else 'upstream'}: {transport_reason(exc)}"
@@ -96,7 +110,7 @@ async def _run(
         """End the relay once the counters stood still long enough."""
         while True:
             await anyio.sleep(still.step)
-            if still.sample(count):
+            if still.sample((result.up, result.down)):
                 result.idle_closed = is_idle
                 tg.cancel_scope.cancel()
                 return
@@ -105,5 +119,3 @@ async def _run(
         tg.start_soon(run, up, True)
         tg.start_soon(run, down, False)
         tg.start_soon(watch, StillCounter.idle(idle), True)
-    result.up, result.down = count
-    return result

@@ -13,15 +13,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import anyio
+
 IDLE_SAMPLES = 4
+
+
+class ClientClosed(anyio.BrokenResourceError):
+    """The client went away while its request was still being served (a forwarded
+    request's answer had not ended): the relay ends at once, upstream side included."""
 
 
 @dataclass(slots=True)
 class RelayResult:
+    """What a relay did. The counters move while it runs, so whoever holds the result
+    knows the bytes moved even when the relay is cancelled."""
+
     up: int = 0  # client -> upstream
     down: int = 0  # upstream -> client
     idle_closed: bool = False
     error: str | None = None
+    client_closed: bool = False  # the client gave up (ClientClosed)
+    shutdown: bool = False  # ended by the server's shutdown, at the end of --grace
 
 
 @dataclass(slots=True)

@@ -237,7 +237,9 @@ class Tunnel:
         else:
             self.timer = self.loop.call_later(self.idle.step, self._check_idle)
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, shutdown: bool = False) -> None:
+        """End it from outside; `shutdown` marks the server's own closing."""
+        self.result.shutdown = shutdown
         self._finish(reason)
 
     def _finish(self, error: str | None) -> None:

@@ -62,7 +62,7 @@ def _address_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 def parse_port(text: str) -> int:
-    if not text.isdigit() or len(text) > 5:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise BadTarget(f"bad port: {_shown(text)}")
     port = int(text)
     if not 1 <= port <= 65535:

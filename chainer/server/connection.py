@@ -34,6 +34,7 @@ from ..inbound import (
 )
 from ..models import Address, Route
 from ..outbound.dialer import Dialed
+from ..outbound.steps import close_now
 from ..relay import RelayOptions
 from ..relay.generic import relay
 from ..relay.result import RelayResult
@@ -43,6 +44,7 @@ from ..router import Router
 from ..routing.policy import Guard
 from ..text import READ_SIZE
 from . import forwarding
+from .closewatch import watch_for_close
 from .listeners import Door, Occupancy
 from .logs import ConnRecord, conn_id
 from .metrics import Metrics
@@ -81,6 +83,9 @@ class Connection:
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         peer_port = int(peer[1]) if isinstance(peer, tuple) else 0
         self.record = ConnRecord(next(shared.ids), str(Address(self.peer_host, peer_port)))
+        self.result: RelayResult | None = None  # while relaying: the bytes moved so far
+        self.tls = False  # the client speaks TLS to us
+        self.half_closed_early = False  # the client ended its side before our answer
 
     async def run(self) -> None:
         conn = self.record
@@ -90,6 +95,13 @@ class Connection:
                 conn.outcome, conn.error = "denied", "client address not allowed"
                 return
             await self._serve_client()
+        except anyio.get_cancelled_exc_class():
+            # Only the server cancels a connection: its grace period is over (or serve()
+            # itself was cancelled). The bytes that moved are in self.result.
+            conn.outcome, conn.error = "shutdown", "closed at shutdown"
+            if self.result is not None:
+                conn.up, conn.down = self.result.up, self.result.down
+            raise
         except ClientGone:
             conn.outcome = "client_gone"
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
@@ -118,6 +130,7 @@ class Connection:
                 stream = await TLSStream.wrap(
                     PrefixedStream(stream, first), server_side=True, ssl_context=tls
                 )
+                self.tls = True
                 first = await _receive_some(stream)
                 kind = first_byte_kind(first[0])
             users = dict(self.door.listener.users)
@@ -153,13 +166,25 @@ class Connection:
                 match = router.route(request.target)
                 options = router.config.http
                 plan = forwarding.plan(request, options, match.route, self.record.client)
-            match, dialed = await router.open(request.target, guard.check_address, forward=plan)
+            conn.route, conn.via = _route_and_via(router, request)
+            opened = None
+            with watch_for_close(None if self.tls else self.client) as watch:
+                opened = await router.open(request.target, guard.check_address, forward=plan)
+            if watch.closed or opened is None:
+                # The client's connection was reset while its chain was being built: what
+                # was built is closed (a chain that came up just then too).
+                if opened is not None:
+                    await close_now(opened[1].stream)
+                conn.outcome, conn.error = "client_closed", "reset while the chain was built"
+                return
+            self.half_closed_early = watch.half_closed
+            match, dialed = opened
         except (Refused, ChainFailed) as exc:
             for attempt in getattr(exc, "attempts", ()):
                 metrics.hop_failure(attempt)
             failure = failure_for(exc)
             conn.outcome, conn.error = failure.outcome, failure.message
-            conn.route = exc.route or "-"
+            conn.route = exc.route or conn.route
             await inbound.refuse(failure)
             return
         conn.route, conn.via, conn.trace = match.route.label(), dialed.via.label, dialed.trace
@@ -180,18 +205,20 @@ class Connection:
         self, inbound: Inbound, request: Request, dialed: Dialed, router: Router, route: Route
     ) -> None:
         idle = router.config.defaults.idle
+        self.result = result = RelayResult()
         async with dialed.stream:
             if request.kind == "connect":
                 client = await inbound.established()
                 if self.shared.relay.can_splice(client, dialed.stream):
+                    self.result = None
                     await self._hand_off(client, dialed.stream, idle)
                     return
-                result = await relay(client, dialed.stream, idle)
+                await relay(client, dialed.stream, idle, result=result)
             else:
                 assert isinstance(inbound, HttpInbound)
                 options, who = router.config.http, self.record.client
-                result = await forwarding.forward(
-                    inbound, request, dialed, options, route, who, idle
+                await forwarding.forward(
+                    inbound, request, dialed, options, route, who, idle, result
                 )
         self._note(result)
 
@@ -211,7 +238,15 @@ class Connection:
     def _note(self, result: RelayResult) -> None:
         conn = self.record
         conn.up, conn.down = result.up, result.down
-        if result.idle_closed:
+        gave_up = self.half_closed_early and (
+            result.down == 0 or (result.error or "").startswith("client:")
+        )
+        if result.shutdown:
+            conn.outcome, conn.error = "shutdown", "closed at shutdown"
+        elif result.client_closed or gave_up:
+            # It went away before the answer it asked for could reach it.
+            conn.outcome, conn.error = "client_closed", result.error or "gone before the answer"
+        elif result.idle_closed:
             conn.outcome = "idle_timeout"
         elif result.error:
             conn.outcome, conn.error = "closed_on_error", result.error
@@ -229,3 +264,10 @@ async def _receive_some(stream: ByteStream) -> bytes:
     except anyio.EndOfStream:
         raise ClientGone() from None
     return data
+
+
+def _route_and_via(router: Router, request: Request) -> tuple[str, str]:
+    """The route and via names the access line shows, known before the chain is built,
+    so that a failure names them too. Refused when no route matches."""
+    match = router.route(request.target)
+    return match.route.label(), match.route.via.label

@@ -36,6 +36,7 @@ async def forward(
     route: Route,
     client: str,
     idle: float,
+    result: RelayResult,
 ) -> RelayResult:
     """Send the request on (unless the dialer already gave it to an HTTP last hop) and
     relay until the upstream has answered; `client` is the client's address as the
@@ -45,11 +46,14 @@ async def forward(
         head = for_proxy(head, request.target, dialed.forward_to)  # sent by the dialer
     else:
         await dialed.stream.send(head)
-    result = await relay(
-        inbound.body_stream(request.chunked), dialed.stream, idle, end_with_upstream=True
-    )
     result.up += len(head)
-    return result
+    return await relay(
+        inbound.body_stream(request.chunked),
+        dialed.stream,
+        idle,
+        end_with_upstream=True,
+        result=result,
+    )
 
 
 def forwarded_head(head: bytes, options: HttpOptions, route: Route, client: str) -> bytes:

@@ -22,6 +22,27 @@ from ..outbound.dialer import HopTrace
 conn_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("conn_id", default=None)
 access_log = logging.getLogger("chainer.access")
 
+# Every `outcome=` an access line can carry, and what it means: the one list, shown as
+# is in README.md and examples/RUNNING.md (tests/test_outcomes.py holds them together).
+OUTCOMES: dict[str, str] = {
+    "ok": "the tunnel or the forwarded exchange ran and ended normally",
+    "refused": "policy or a `reject` route said no (HTTP 403, SOCKS5 0x02)",
+    "failed": "a hop failed (HTTP 502); `error=` names it",
+    "timeout": "a hop or the whole set-up ran out of time (HTTP 504, SOCKS5 0x06)",
+    "unreachable": "the last hop could not reach the destination (HTTP 502, SOCKS5 0x04)",
+    "bad_request": "the client's request was malformed (HTTP 400 or the SOCKS equivalent)",
+    "auth_failed": "the client's credentials were refused (HTTP 407, SOCKS5 auth failure)",
+    "client_timeout": "no complete request within `limits.client_timeout` (HTTP 408)",
+    "client_gone": "closed before sending a request, such as a port probe (debug level)",
+    "client_error": "the client's connection failed while its request was being read",
+    "client_closed": "the client went away before the answer it asked for reached it",
+    "idle_timeout": "no bytes either way for `idle_timeout`",
+    "closed_on_error": "a read or write failed on an open tunnel; `error=` says which side",
+    "denied": "the client's address is not in the listener's `allow:`",
+    "shutdown": "still open at the end of `--grace` (or when stopped at once)",
+    "internal_error": "a bug in chainer: the traceback is in the log",
+}
+
 
 @dataclass(slots=True)
 class ConnRecord:

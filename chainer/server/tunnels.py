@@ -49,10 +49,11 @@ class Tunnels:
         self.close("shutting down")
 
     def close(self, reason: str) -> None:
-        """Abort every open tunnel (each reports its end with `reason` as its error)."""
+        """Abort every open tunnel (each reports its end with `reason` as its error, and
+        as ended by the server's shutdown)."""
         self._closed = True
         for tunnel in list(self._open):
-            tunnel.abort(reason)
+            tunnel.abort(reason, shutdown=True)
         self._pipes.clear()
 
     async def hand_off(

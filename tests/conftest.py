@@ -1,6 +1,10 @@
-"""Shared pytest fixtures: real proxies (squid, tinyproxy, stunnel, dante, microsocks)
-and loopback origins. They live in ``realproxies.py``; see its docstring for the list."""
+"""Shared pytest fixtures: the anyio backend, real proxies (squid, tinyproxy, stunnel, dante,
+microsocks) and loopback origins. The real peers live in ``realproxies.py`` (see its
+docstring for the list); ``ci.py`` holds the skip-locally, fail-in-CI rule."""
 
+from __future__ import annotations
+
+import pytest
 from realproxies import (
     ca,
     ca_pem,
@@ -16,6 +20,7 @@ from realproxies import (
 )
 
 __all__ = [
+    "anyio_backend",
     "ca",
     "ca_pem",
     "danted",
@@ -28,3 +33,8 @@ __all__ = [
     "tinyproxy",
     "tls_origin",
 ]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import ci
 import pytest
 from realproxies import CurlResult, ManagedProcess, ProxyStartError, child_env, require_binary
 
@@ -110,10 +111,7 @@ class HopKind:
 
 def _unavailable(reason: str) -> NoReturn:
     """Skip locally; fail when ``CHAINER_CI`` is set."""
-    message = f"network namespaces unavailable: {reason}"
-    if os.environ.get("CHAINER_CI"):
-        pytest.fail(f"CHAINER_CI is set and {message}", pytrace=False)
-    pytest.skip(message)
+    ci.unavailable(f"network namespaces unavailable: {reason}")
 
 
 def ip_binary() -> str | None:

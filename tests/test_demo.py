@@ -20,11 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BODY = ORIGIN_BODY.decode().strip()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def check_narrative(text: str) -> None:
     for kind in ("http", "https", "socks5"):
         trace_line = rf"^  hop \d {kind} +127\.0\.0\.1:\d+ +\d+\.\d ms"

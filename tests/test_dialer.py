@@ -22,11 +22,6 @@ pytestmark = pytest.mark.anyio
 FAST = Timeouts(connect=1.0, handshake=0.5, idle=5.0, deadline=5.0)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def proxy(hop: FakeHop, name: str, **kw: object) -> Proxy:
     return Proxy(
         name,

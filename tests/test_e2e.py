@@ -17,11 +17,6 @@ from realproxies import Endpoint, Origin, curl
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def config(routes: str, proxies: str = "", extra: str = "", port: int | None = None) -> str:
     port = port or free_port()
     return (

@@ -115,11 +115,6 @@ def test_fastest_measures_unknowns_then_keeps_its_leader_through_noise() -> None
 # -- dialer scenarios ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def proxy(hop: FakeHop, name: str, **kw: object) -> Proxy:
     kw.setdefault("connect_timeout", 1.0)
     kw.setdefault("handshake_timeout", 0.5)

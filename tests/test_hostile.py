@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import ci
 import pytest
 from anyio.abc import ByteStream, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteStream
@@ -44,11 +45,6 @@ LOOPBACK = "127.0.0.1"
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 POLICY_ERRORS = (b"error=destination_ip_prohibited", b"error=http_request_denied")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # --------------------------------------------------------------------------- resolver
@@ -741,10 +737,7 @@ NON_LOOPBACK_CASES: list[tuple[str, str, str, str, str | int, str]] = [
 
 
 def _unavailable(reason: str) -> None:
-    message = f"private network namespace unavailable: {reason}"
-    if os.environ.get("CHAINER_CI"):
-        pytest.fail(f"CHAINER_CI is set and {message}", pytrace=False)
-    pytest.skip(message)
+    ci.unavailable(f"private network namespace unavailable: {reason}")
 
 
 @pytest.fixture(scope="module")

@@ -37,11 +37,6 @@ FD_SLACK = 5
 TASK_SLACK = 2
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def open_fds() -> int:
     """Open descriptors, less the empty pipes the splice relay keeps pooled for reuse
     (bounded by design; not a leak)."""

@@ -20,11 +20,6 @@ from realproxies import Endpoint, Origin, curl
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def routes_yaml(
     routes: str, proxies: str = "", listen: str | None = None, defaults: str = ""
 ) -> str:

@@ -460,8 +460,10 @@ def _sigterm_unwinds() -> Iterator[None]:
 def segmented_network(origin_name: str = ORIGIN_NAME) -> Iterator[SegmentedNetwork]:
     """Build client, hopa, hopb and origin namespaces; tear them down on exit.
 
-    Skips (fails under ``CHAINER_CI``) when namespaces can't be created.
+    Skips (fails under ``CHAINER_CI``) when namespaces can't be created. The running
+    test must be marked ``netns``.
     """
+    ci.check_marked("netns", "network namespaces")
     if os.geteuid() != 0:
         _unavailable("not root")
     try:

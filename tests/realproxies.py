@@ -121,9 +121,11 @@ class Origin:
 def require_binary(*names: str) -> str:
     """Path of the first of ``names`` found on PATH or in the usual bin dirs.
 
-    None found: skip, or fail when ``CHAINER_CI`` is set (a missing peer is a CI
-    failure): see ``ci.py``.
+    The running test must be marked ``interop``. None found: skip, or fail when
+    ``CHAINER_CI`` is set (a missing peer is a CI failure): see ``ci.py``.
     """
+    what = " or ".join(names)
+    ci.check_marked("interop", what)
     for name in names:
         found = shutil.which(name)
         if found:
@@ -132,7 +134,6 @@ def require_binary(*names: str) -> str:
             candidate = os.path.join(directory, name)
             if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
                 return candidate
-    what = " or ".join(names)
     ci.unavailable(f"{what} not installed; apt-get install {APT_PACKAGES}")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from chainer.ops.demo import ORIGIN_BODY, run_demo
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # each runs the whole demo: ~2 s
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = ORIGIN_BODY.decode().strip()

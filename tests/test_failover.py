@@ -361,7 +361,7 @@ async def test_a_successful_connection_logs_the_failovers_it_took(
     assert 'failovers="hop 1 (gone): ' in line
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 @pytest.mark.anyio
 async def test_silent_hop_in_a_group_of_real_proxies_costs_one_second_once(
     tmp_path: Path, request: pytest.FixtureRequest

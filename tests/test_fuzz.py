@@ -52,6 +52,8 @@ from chainer.proto.socks_server import (
 from chainer.proto.socks_server import Request as Socks5Request
 from chainer.routing.target import normalize_host, parse_authority
 
+pytestmark = pytest.mark.slow  # hundreds of examples per codec
+
 FAST = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -745,6 +745,7 @@ def non_loopback(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Runs `_non_loopback_child` in a fresh network namespace (only `lo`, which also
     carries NL_HOST), so a listener on a non-loopback address is reachable from nowhere
     else. Returns what the child saw."""
+    ci.check_marked("netns", "a private network namespace")
     unshare, ip = shutil.which("unshare"), shutil.which("ip") or "/usr/sbin/ip"
     if unshare is None or not os.access(ip, os.X_OK):
         _unavailable("needs unshare and ip (util-linux, iproute2)")
@@ -863,6 +864,8 @@ async def _one_non_loopback_case(
     return out
 
 
+@pytest.mark.netns
+@pytest.mark.slow  # the `non_loopback` child runs every case: ~2.5 s
 @pytest.mark.parametrize(
     ("case", "protocol", "expected"),
     [(c[0], c[2], c[5]) for c in NON_LOOPBACK_CASES],
@@ -887,6 +890,8 @@ def test_non_loopback_listener_protects_local_destinations(
         assert answer[:2] == b"\x00\x5b", seen
 
 
+@pytest.mark.netns
+@pytest.mark.slow
 def test_an_open_listener_logs_a_warning_at_start(non_loopback: dict[str, Any]) -> None:
     warnings = non_loopback["warnings"]
     assert any(NL_HOST in m and "open" in m.lower() for m in warnings), warnings

@@ -134,6 +134,7 @@ async def test_a_reset_ends_both_directions(path: str, tmp_path: Path) -> None:
                 assert await read_all(s) == OK + b"again"
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_not_buffered_for(path: str, tmp_path: Path) -> None:
     """The origin pushes as fast as it can; the client reads nothing. What the origin
     manages to send must stay bounded by socket buffers, not grow inside chainer."""

@@ -27,7 +27,7 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteStream
 from fakes import free_port, running_chainer, start_echo, start_hop, task_group
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 LOOPBACK = "127.0.0.1"
 CONNECTIONS = 3000

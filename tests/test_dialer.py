@@ -75,7 +75,9 @@ SCENARIOS = [
 
 
 @pytest.mark.parametrize(("layout", "expected", "failures"), SCENARIOS)
-async def test_scenario(layout: list[list[str]], expected: object, failures: list[tuple]) -> None:
+async def test_scenario(
+    layout: list[list[str]], expected: object, failures: list[tuple[int, str, str]]
+) -> None:
     async with task_group() as tg:
         echo = await start_echo(tg)
         via, behaviours = await build(tg, layout)

@@ -776,7 +776,7 @@ def non_loopback_child(tmp: str) -> None:
     fake = FakeDNS(real)
     fake.names["rebind.test"] = LOOPBACK
     fake.names["fallback.test"] = LOOPBACK
-    socket.getaddrinfo = fake  # type: ignore[assignment]
+    socket.getaddrinfo = fake
     result = anyio.run(_non_loopback_scenario, Path(tmp), backend="asyncio")
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -835,6 +835,7 @@ async def _non_loopback_scenario(tmp: Path) -> dict[str, Any]:
 async def _one_non_loopback_case(
     at: tuple[str, int], protocol: str, host: str, port: int, ping: bool
 ) -> dict[str, Any]:
+    done: Callable[[bytes], bool]
     if protocol == "http":
         data, done = connect_request(f"{host}:{port}"), head_complete
     elif protocol == "forward":

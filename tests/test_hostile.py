@@ -38,6 +38,7 @@ from realproxies import Origin
 
 from chainer.config import parse_config
 from chainer.errors import ConfigErrors
+from chainer.models import Address
 
 pytestmark = pytest.mark.anyio
 
@@ -942,15 +943,18 @@ def test_new_keys_are_validated_with_file_and_line(text: str, line: int, path: s
 
 
 @pytest.mark.parametrize(
-    "listener",
+    ("listener", "host", "guard"),
     [
-        "{address: 0.0.0.0:8080, open: true}",
-        "{address: 0.0.0.0:8080, allow: [10.0.0.0/8]}",
-        "{address: '[::]:8080', auth: {users: {alice: pw}}}",
-        "127.0.0.1:8080",
+        ("{address: 0.0.0.0:8080, open: true}", "0.0.0.0", "open"),
+        ("{address: 0.0.0.0:8080, allow: [10.0.0.0/8]}", "0.0.0.0", "allow"),
+        ("{address: '[::]:8080', auth: {users: {alice: pw}}}", "::", "auth"),
+        ("127.0.0.1:8080", "127.0.0.1", "loopback"),
     ],
 )
-def test_a_non_loopback_listener_with_auth_allow_or_open_is_accepted(listener: str) -> None:
+def test_a_non_loopback_listener_with_auth_allow_or_open_is_accepted(
+    listener: str, host: str, guard: str
+) -> None:
+    """The listener is taken as written, with the one guard that makes it safe to open."""
     text = (
         f"listen:\n  - {listener}\n"
         "limits: {max_connections: 10, client_timeout: 10s, header_bytes: 16384, "
@@ -960,7 +964,15 @@ def test_a_non_loopback_listener_with_auth_allow_or_open_is_accepted(listener: s
         "http: {via: chainer, x_forwarded_for: false}\n"
         "routes:\n  - {match: '*', via: direct, anonymous: true}\n"
     )
-    parse_config(text, "routes.yaml")
+    (only,) = parse_config(text, "routes.yaml").listeners
+    assert only.address == Address(host, 8080)
+    guards = {
+        "open": only.open,
+        "allow": only.allow == ("10.0.0.0/8",),
+        "auth": only.users == (("alice", "pw"),),
+        "loopback": only.loopback,
+    }
+    assert [name for name, on in guards.items() if on] == [guard], only
 
 
 def test_validate_refuses_an_open_proxy_by_accident_with_exit_2(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import ci
 import pytest
 from realproxies import CurlResult, ManagedProcess, ProxyStartError, child_env, require_binary
 
@@ -110,10 +111,7 @@ class HopKind:
 
 def _unavailable(reason: str) -> NoReturn:
     """Skip locally; fail when ``CHAINER_CI`` is set."""
-    message = f"network namespaces unavailable: {reason}"
-    if os.environ.get("CHAINER_CI"):
-        pytest.fail(f"CHAINER_CI is set and {message}", pytrace=False)
-    pytest.skip(message)
+    ci.unavailable(f"network namespaces unavailable: {reason}")
 
 
 def ip_binary() -> str | None:
@@ -462,8 +460,10 @@ def _sigterm_unwinds() -> Iterator[None]:
 def segmented_network(origin_name: str = ORIGIN_NAME) -> Iterator[SegmentedNetwork]:
     """Build client, hopa, hopb and origin namespaces; tear them down on exit.
 
-    Skips (fails under ``CHAINER_CI``) when namespaces can't be created.
+    Skips (fails under ``CHAINER_CI``) when namespaces can't be created. The running
+    test must be marked ``netns``.
     """
+    ci.check_marked("netns", "network namespaces")
     if os.geteuid() != 0:
         _unavailable("not root")
     try:

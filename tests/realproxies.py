@@ -48,6 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
+import ci
 import pytest
 import trustme
 
@@ -120,9 +121,11 @@ class Origin:
 def require_binary(*names: str) -> str:
     """Path of the first of ``names`` found on PATH or in the usual bin dirs.
 
-    None found: ``pytest.fail`` when ``CHAINER_CI`` is set (a missing peer is a CI
-    failure), otherwise ``pytest.skip``.
+    The running test must be marked ``interop``. None found: skip, or fail when
+    ``CHAINER_CI`` is set (a missing peer is a CI failure): see ``ci.py``.
     """
+    what = " or ".join(names)
+    ci.check_marked("interop", what)
     for name in names:
         found = shutil.which(name)
         if found:
@@ -131,11 +134,7 @@ def require_binary(*names: str) -> str:
             candidate = os.path.join(directory, name)
             if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
                 return candidate
-    what = " or ".join(names)
-    message = f"{what} not installed; apt-get install {APT_PACKAGES}"
-    if os.environ.get("CHAINER_CI"):
-        pytest.fail(f"CHAINER_CI is set and {message}", pytrace=False)
-    pytest.skip(message)
+    ci.unavailable(f"{what} not installed; apt-get install {APT_PACKAGES}")
 
 
 def free_port(host: str = LOOPBACK) -> int:

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from anyio.abc import ByteStream
 from prometheus_client import CONTENT_TYPE_LATEST
+from realproxies import require_binary
 
 from chainer.config import parse_config
 from chainer.errors import HopError
@@ -51,11 +52,6 @@ routes:
   - {match: ".ads.example", via: reject}
   - {match: "*", via: private, fallback: [direct]}
 """
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class Clock:
@@ -143,7 +139,7 @@ async def fetch(port: int, path: str, method: str = "GET") -> Reply:
 
 async def curl(port: int, path: str, *args: str) -> tuple[int, str, bytes]:
     """The real curl: (status, headers as text, body)."""
-    argv = ["curl", "-q", "-sS", "-i", "--noproxy", "*", "--max-time", "10", *args]
+    argv = [require_binary("curl"), "-q", "-sS", "-i", "--noproxy", "*", "--max-time", "10", *args]
     result = await anyio.run_process([*argv, f"http://127.0.0.1:{port}{path}"])
     head, _, body = result.stdout.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -248,6 +244,7 @@ def test_hops_json_states(world: World) -> None:
 # -- endpoints ----------------------------------------------------------------------------
 
 
+@pytest.mark.interop
 async def test_metrics_through_curl(world: World) -> None:
     async with running_admin(world.view()) as port:
         status, head, body = await curl(port, "/metrics")
@@ -306,6 +303,7 @@ async def test_no_credentials_in_any_endpoint(world: World) -> None:
         assert not keys(reply.json()) & {"username", "password", "users", "auth"}
 
 
+@pytest.mark.interop
 async def test_head_has_headers_and_no_body(world: World) -> None:
     async with running_admin(world.view()) as port:
         status, head, body = await curl(port, "/routes", "-I")
@@ -315,6 +313,7 @@ async def test_head_has_headers_and_no_body(world: World) -> None:
     assert f"content-length: {len(get.body)}" in head.lower()
 
 
+@pytest.mark.interop
 async def test_errors_404_405_400_431(world: World) -> None:
     async with running_admin(world.view()) as port:
         missing = await fetch(port, "/admin")

@@ -30,11 +30,6 @@ from chainer.ops.check import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def table(
     tg: TaskGroup, chains: dict[str, list[list[str]]], routes: str = '  - {match: "*", via: direct}'
 ) -> Config:

@@ -72,7 +72,7 @@ def test_bad_usage_exits_2() -> None:
     assert run("frobnicate").returncode == 2
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_serve_runs_until_sigterm_and_logs_each_connection(
     tmp_path: Path, plain_origin: Origin
 ) -> None:

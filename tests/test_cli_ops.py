@@ -57,6 +57,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[Chainer, Path, int]]:
     c.stop()
 
 
+@pytest.mark.slow  # three fresh interpreters
 def test_explain_names_rule_chain_hops_and_where_names_resolve(tmp_path: Path) -> None:
     config = tmp_path / "routes.yaml"
     config.write_text(LAB.format(port=8080, admin=9090, gone=3128))
@@ -130,7 +131,8 @@ def test_healthz_says_draining_after_sigterm(
     assert c.proc.wait(10) == 0
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
+@pytest.mark.slow
 def test_check_probes_each_hop_through_the_ones_before(
     tmp_path: Path, tinyproxy: Endpoint, squid: Endpoint, tls_origin: Origin
 ) -> None:
@@ -160,6 +162,7 @@ def test_check_probes_each_hop_through_the_ones_before(
     assert run("check", "nosuchchain", "-c", str(config)).returncode == 2
 
 
+@pytest.mark.slow
 def test_demo_works_from_the_executable() -> None:
     done = subprocess.run(
         [*chainer_cmd(), "demo"], capture_output=True, text=True, timeout=60, check=False

@@ -14,15 +14,10 @@ import pytest
 
 from chainer.ops.demo import ORIGIN_BODY, run_demo
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # each runs the whole demo: ~2 s
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = ORIGIN_BODY.decode().strip()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def check_narrative(text: str) -> None:

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.anyio
 FAST = Timeouts(connect=1.0, handshake=0.5, idle=5.0, deadline=5.0)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def proxy(hop: FakeHop, name: str, **kw: object) -> Proxy:
     return Proxy(
         name,
@@ -80,7 +75,9 @@ SCENARIOS = [
 
 
 @pytest.mark.parametrize(("layout", "expected", "failures"), SCENARIOS)
-async def test_scenario(layout: list[list[str]], expected: object, failures: list[tuple]) -> None:
+async def test_scenario(
+    layout: list[list[str]], expected: object, failures: list[tuple[int, str, str]]
+) -> None:
     async with task_group() as tg:
         echo = await start_echo(tg)
         via, behaviours = await build(tg, layout)

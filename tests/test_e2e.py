@@ -17,11 +17,6 @@ from realproxies import Endpoint, Origin, curl
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def config(routes: str, proxies: str = "", extra: str = "", port: int | None = None) -> str:
     port = port or free_port()
     return (
@@ -52,6 +47,7 @@ async def run_curl(*args: str) -> tuple[int, bytes, str]:
     return result.returncode, result.body, result.stderr
 
 
+@pytest.mark.interop
 async def test_curl_through_three_hops_with_https_hop_inside_a_tunnel(
     tmp_path: Path, tls_origin: Origin, ca_pem: str, ca: object
 ) -> None:
@@ -219,6 +215,7 @@ async def test_idle_tunnel_is_closed(tmp_path: Path) -> None:
                 assert 0.25 < time.monotonic() - started < 2.0
 
 
+@pytest.mark.interop
 async def test_absolute_form_is_forwarded_without_hop_by_hop_headers(
     tmp_path: Path, plain_origin: Origin
 ) -> None:
@@ -253,6 +250,7 @@ async def test_absolute_form_is_forwarded_without_hop_by_hop_headers(
     assert b"Proxy-Authorization" not in hop.requests[0]
 
 
+@pytest.mark.interop
 async def test_post_body_is_forwarded(tmp_path: Path, plain_origin: Origin) -> None:
     async with running_chainer(config("  - {match: '*', via: direct}"), tmp_path) as bound:
         rc, body, err = await run_curl(
@@ -288,7 +286,7 @@ async def test_library_connect_uses_the_route_table(tmp_path: Path) -> None:
             await router.connect("nope.test", 443)
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 async def test_real_proxies_as_hops(
     tmp_path: Path,
     tls_origin: Origin,
@@ -316,6 +314,7 @@ async def test_real_proxies_as_hops(
     assert (rc, body) == (0, b"origin:/real"), err
 
 
+@pytest.mark.slow
 async def test_a_tunnel_through_an_https_hop_ends_when_the_client_is_done(
     tmp_path: Path, ca: object, ca_pem: str
 ) -> None:
@@ -352,6 +351,7 @@ async def test_a_tunnel_through_an_https_hop_ends_when_the_client_is_done(
     assert time.monotonic() - started < 4.0
 
 
+@pytest.mark.interop
 async def test_plain_http_through_a_chain_goes_to_the_last_hop_in_absolute_form(
     tmp_path: Path, plain_origin: Origin
 ) -> None:
@@ -375,7 +375,7 @@ async def test_plain_http_through_a_chain_goes_to_the_last_hop_in_absolute_form(
     assert b"Proxy-Authorization: Basic Ym9iOmhvcDJwYXNz\r\n" in head  # bob:hop2pass
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 async def test_plain_http_reaches_real_squid_as_a_request_not_a_connect(
     tmp_path: Path, plain_origin: Origin, tinyproxy: Endpoint, squid: Endpoint
 ) -> None:

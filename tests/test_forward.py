@@ -12,7 +12,7 @@ import pytest
 from fakes import running_chainer, start_hop, task_group
 from realproxies import Origin, curl
 
-pytestmark = [pytest.mark.anyio, pytest.mark.realproxy]
+pytestmark = [pytest.mark.anyio, pytest.mark.interop]
 
 
 def table(port: int, proxies: str, routes: str) -> str:

@@ -52,6 +52,8 @@ from chainer.proto.socks_server import (
 from chainer.proto.socks_server import Request as Socks5Request
 from chainer.routing.target import normalize_host, parse_authority
 
+pytestmark = pytest.mark.slow  # hundreds of examples per codec
+
 FAST = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -586,4 +588,11 @@ def test_any_inbound_answers_anything_with_a_request_or_an_error(
     """The first byte picks HTTP, SOCKS5 or SOCKS4: none of them lets anything but a
     request, ClientError or ClientGone out."""
     chunks = draw.draw(cut(data))
-    anyio.run(open_and_read, data, chunks)
+    outcome = anyio.run(open_and_read, data, chunks)
+    kind = first_byte_kind(data[0])
+    if kind in ("http", "socks5", "socks4"):
+        assert outcome[0] in ("request", "error", "gone"), outcome
+    else:
+        assert outcome == ("not a protocol", kind)
+    if outcome[0] == "error":
+        assert 400 <= outcome[1] < 600, outcome

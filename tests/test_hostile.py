@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import ci
 import pytest
 from anyio.abc import ByteStream, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteStream
@@ -37,6 +38,7 @@ from realproxies import Origin
 
 from chainer.config import parse_config
 from chainer.errors import ConfigErrors
+from chainer.models import Address
 
 pytestmark = pytest.mark.anyio
 
@@ -44,11 +46,6 @@ LOOPBACK = "127.0.0.1"
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 POLICY_ERRORS = (b"error=destination_ip_prohibited", b"error=http_request_denied")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # --------------------------------------------------------------------------- resolver
@@ -744,10 +741,7 @@ NON_LOOPBACK_CASES: list[tuple[str, str, str, str, str | int, str]] = [
 
 
 def _unavailable(reason: str) -> None:
-    message = f"private network namespace unavailable: {reason}"
-    if os.environ.get("CHAINER_CI"):
-        pytest.fail(f"CHAINER_CI is set and {message}", pytrace=False)
-    pytest.skip(message)
+    ci.unavailable(f"private network namespace unavailable: {reason}")
 
 
 @pytest.fixture(scope="module")
@@ -755,6 +749,7 @@ def non_loopback(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Runs `_non_loopback_child` in a fresh network namespace (only `lo`, which also
     carries NL_HOST), so a listener on a non-loopback address is reachable from nowhere
     else. Returns what the child saw."""
+    ci.check_marked("netns", "a private network namespace")
     unshare, ip = shutil.which("unshare"), shutil.which("ip") or "/usr/sbin/ip"
     if unshare is None or not os.access(ip, os.X_OK):
         _unavailable("needs unshare and ip (util-linux, iproute2)")
@@ -785,7 +780,7 @@ def non_loopback_child(tmp: str) -> None:
     fake = FakeDNS(real)
     fake.names["rebind.test"] = LOOPBACK
     fake.names["fallback.test"] = LOOPBACK
-    socket.getaddrinfo = fake  # type: ignore[assignment]
+    socket.getaddrinfo = fake
     result = anyio.run(_non_loopback_scenario, Path(tmp), backend="asyncio")
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -847,6 +842,7 @@ async def _non_loopback_scenario(tmp: Path) -> dict[str, Any]:
 async def _one_non_loopback_case(
     at: tuple[str, int], protocol: str, host: str, port: int, ping: bool
 ) -> dict[str, Any]:
+    done: Callable[[bytes], bool]
     if protocol == "http":
         data, done = connect_request(f"{host}:{port}"), head_complete
     elif protocol == "forward":
@@ -876,6 +872,8 @@ async def _one_non_loopback_case(
     return out
 
 
+@pytest.mark.netns
+@pytest.mark.slow  # the `non_loopback` child runs every case: ~2.5 s
 @pytest.mark.parametrize(
     ("case", "protocol", "expected"),
     [(c[0], c[2], c[5]) for c in NON_LOOPBACK_CASES],
@@ -900,6 +898,8 @@ def test_non_loopback_listener_protects_local_destinations(
         assert answer[:2] == b"\x00\x5b", seen
 
 
+@pytest.mark.netns
+@pytest.mark.slow
 def test_an_open_listener_logs_a_warning_at_start(non_loopback: dict[str, Any]) -> None:
     warnings = non_loopback["warnings"]
     assert any(NL_HOST in m and "open" in m.lower() for m in warnings), warnings
@@ -949,15 +949,18 @@ def test_new_keys_are_validated_with_file_and_line(text: str, line: int, path: s
 
 
 @pytest.mark.parametrize(
-    "listener",
+    ("listener", "host", "guard"),
     [
-        "{address: 0.0.0.0:8080, open: true}",
-        "{address: 0.0.0.0:8080, allow: [10.0.0.0/8]}",
-        "{address: '[::]:8080', auth: {users: {alice: pw}}}",
-        "127.0.0.1:8080",
+        ("{address: 0.0.0.0:8080, open: true}", "0.0.0.0", "open"),
+        ("{address: 0.0.0.0:8080, allow: [10.0.0.0/8]}", "0.0.0.0", "allow"),
+        ("{address: '[::]:8080', auth: {users: {alice: pw}}}", "::", "auth"),
+        ("127.0.0.1:8080", "127.0.0.1", "loopback"),
     ],
 )
-def test_a_non_loopback_listener_with_auth_allow_or_open_is_accepted(listener: str) -> None:
+def test_a_non_loopback_listener_with_auth_allow_or_open_is_accepted(
+    listener: str, host: str, guard: str
+) -> None:
+    """The listener is taken as written, with the one guard that makes it safe to open."""
     text = (
         f"listen:\n  - {listener}\n"
         "limits: {max_connections: 10, client_timeout: 10s, header_bytes: 16384, "
@@ -967,7 +970,15 @@ def test_a_non_loopback_listener_with_auth_allow_or_open_is_accepted(listener: s
         "http: {via: chainer, x_forwarded_for: false}\n"
         "routes:\n  - {match: '*', via: direct, anonymous: true}\n"
     )
-    parse_config(text, "routes.yaml")
+    (only,) = parse_config(text, "routes.yaml").listeners
+    assert only.address == Address(host, 8080)
+    guards = {
+        "open": only.open,
+        "allow": only.allow == ("10.0.0.0/8",),
+        "auth": only.users == (("alice", "pw"),),
+        "loopback": only.loopback,
+    }
+    assert [name for name, on in guards.items() if on] == [guard], only
 
 
 def test_validate_refuses_an_open_proxy_by_accident_with_exit_2(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ from netns import (
     start_tinyproxy_in,
 )
 
-pytestmark = pytest.mark.realproxy
+# slow: four namespaces and their peers take ~6 s to build and tear down, per module
+pytestmark = [pytest.mark.interop, pytest.mark.netns, pytest.mark.slow]
 
 # What may serve as hop B behind chainer. SOCKS hops: add MICROSOCKS and DANTED here.
 HOP_B_KINDS = [TINYPROXY, MICROSOCKS, DANTED]

@@ -16,7 +16,9 @@ EXPOSED = Listener(Address("0.0.0.0", 8080), open=True)
 BOUND = [("127.0.0.1", 8080), ("0.0.0.0", 3128)]
 
 
-def guard(listener: Listener, deny: tuple[str, ...] = (), ports: tuple = ()) -> Guard:
+def guard(
+    listener: Listener, deny: tuple[str, ...] = (), ports: tuple[tuple[int, int], ...] = ()
+) -> Guard:
     policy = Policy(tuple(compile_pattern(p) for p in deny), ports)
     return Guard.for_listener(policy, listener, BOUND)
 

@@ -282,6 +282,7 @@ def test_reader_bytewise(name: str) -> None:
     check(case, bytewise(case.data))
 
 
+@pytest.mark.slow  # ~0.2 s per case adds up; the fast loop keeps whole and bytewise
 @pytest.mark.parametrize("name", CASES)
 @given(draw=st.data())
 def test_reader_random_chunks(name: str, draw: st.DataObject) -> None:

@@ -385,6 +385,7 @@ def test_reader_bytewise(name: str) -> None:
     check(case, bytewise(case.data))
 
 
+@pytest.mark.slow  # ~0.2 s per case adds up; the fast loop keeps whole and bytewise
 @pytest.mark.parametrize("name", CASES)
 @given(draw=st.data())
 def test_reader_random_chunks(name: str, draw: st.DataObject) -> None:
@@ -527,9 +528,18 @@ def test_bad_inputs(make: Callable[[], Client], message: str) -> None:
 
 
 def test_edge_inputs_accepted() -> None:
-    Socks5Client("a" * 255, 65535, username="u" * 255, password="p" * 255)
-    Socks4Client("0.0.0.0", 1, user_id="u" * 255, socks4a=False)
-    Socks4Client("a" * 255, 1, socks4a=True)
+    """The longest name, username, password and user id each protocol carries go out whole."""
+    s5_client = Socks5Client("a" * 255, 65535, username="u" * 255, password="p" * 255)
+    s5_sent = run(s5_client, [PICK_USERPASS + AUTH_OK + OK_V4]).sent
+    assert s5_sent == (
+        GREETING_AUTH,
+        b"\x01\xff" + b"u" * 255 + b"\xff" + b"p" * 255,
+        b"\x05\x01\x00\x03\xff" + b"a" * 255 + b"\xff\xff",
+    )
+    s4_request = Socks4Client("0.0.0.0", 1, user_id="u" * 255, socks4a=False).request()
+    assert s4_request == b"\x04\x01\x00\x01" + bytes(4) + b"u" * 255 + b"\x00"
+    s4a_request = Socks4Client("a" * 255, 1, socks4a=True).request()
+    assert s4a_request == b"\x04\x01\x00\x01\x00\x00\x00\x01\x00" + b"a" * 255 + b"\x00"
 
 
 # ------------------------------------------------------------------------ properties

@@ -331,6 +331,7 @@ def test_socks5_bytewise(name: str) -> None:
     check5(case, bytewise(case.data))
 
 
+@pytest.mark.slow  # ~0.2 s per case adds up; the fast loop keeps whole and bytewise
 @pytest.mark.parametrize("name", CASES5)
 @given(draw=st.data())
 def test_socks5_random_chunks(name: str, draw: st.DataObject) -> None:
@@ -631,6 +632,7 @@ def test_socks4_bytewise(name: str) -> None:
     check4(case, bytewise(case.data))
 
 
+@pytest.mark.slow  # ~0.2 s per case adds up; the fast loop keeps whole and bytewise
 @pytest.mark.parametrize("name", CASES4)
 @given(draw=st.data())
 def test_socks4_random_chunks(name: str, draw: st.DataObject) -> None:

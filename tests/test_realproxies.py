@@ -38,7 +38,7 @@ def fetch_via_connect(proxy_args: list[str], url: str, *extra: str) -> bytes:
 # --------------------------------------------------------------------------- origins
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_origins_answer_directly(tls_origin: Origin, plain_origin: Origin) -> None:
     assert tls_origin.ca_pem is not None
     assert fetch("--cacert", tls_origin.ca_pem, tls_origin.url("/a"))[0] == b"origin:/a"
@@ -67,7 +67,7 @@ def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- HTTP proxies
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_tinyproxy_forwards_absolute_form(tinyproxy: Endpoint, plain_origin: Origin) -> None:
     proxy = ["-x", tinyproxy.url("http")]
     assert fetch(*proxy, plain_origin.url("/tiny/plain"))[0] == b"origin:/tiny/plain"
@@ -75,7 +75,7 @@ def test_tinyproxy_forwards_absolute_form(tinyproxy: Endpoint, plain_origin: Ori
     assert "tinyproxy" in headers["via"]
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_tinyproxy_connects_to_any_port(
     tinyproxy: Endpoint, tls_origin: Origin, plain_origin: Origin
 ) -> None:
@@ -87,7 +87,7 @@ def test_tinyproxy_connects_to_any_port(
     assert fetch_via_connect(proxy, url, "-p") == b"origin:/tiny/tunnel"
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_squid_forwards_absolute_form(squid: Endpoint, plain_origin: Origin) -> None:
     proxy = ["-x", squid.url("http")]
     assert fetch(*proxy, plain_origin.url("/squid/plain"))[0] == b"origin:/squid/plain"
@@ -95,7 +95,7 @@ def test_squid_forwards_absolute_form(squid: Endpoint, plain_origin: Origin) -> 
     assert "chainer-test-squid" in headers["via"]
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_squid_connects_to_any_port(
     squid: Endpoint, tls_origin: Origin, plain_origin: Origin
 ) -> None:
@@ -107,7 +107,7 @@ def test_squid_connects_to_any_port(
     assert fetch_via_connect(proxy, url, "-p") == b"origin:/squid/tunnel"
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_stunnel_https_proxy(
     stunnel_https_proxy: Endpoint, tls_origin: Origin, plain_origin: Origin
 ) -> None:
@@ -125,7 +125,7 @@ def test_stunnel_https_proxy(
     assert fetch(*proxy, url)[0] == b"origin:/https-proxy/plain"
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_stunnel_https_proxy_is_verified(
     stunnel_https_proxy: Endpoint, plain_origin: Origin
 ) -> None:
@@ -137,7 +137,7 @@ def test_stunnel_https_proxy_is_verified(
 # --------------------------------------------------------------------------- SOCKS proxies
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_microsocks(microsocks: Endpoint, tls_origin: Origin, plain_origin: Origin) -> None:
     assert tls_origin.ca_pem is not None
     socks = ["--socks5-hostname", microsocks.hostport]
@@ -147,7 +147,7 @@ def test_microsocks(microsocks: Endpoint, tls_origin: Origin, plain_origin: Orig
     assert fetch(*socks, "--cacert", tls_origin.ca_pem, url)[0] == b"origin:/ms/tls"
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_microsocks_auth(microsocks_auth: Endpoint, tls_origin: Origin) -> None:
     assert tls_origin.ca_pem is not None
     assert microsocks_auth.username == MICROSOCKS_USER
@@ -167,7 +167,7 @@ def test_microsocks_auth(microsocks_auth: Endpoint, tls_origin: Origin) -> None:
     assert result.returncode == 97, result.stderr
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 def test_danted(danted: Endpoint, tls_origin: Origin, plain_origin: Origin) -> None:
     assert tls_origin.ca_pem is not None
     socks = ["--socks5-hostname", danted.hostport]

@@ -21,11 +21,6 @@ from chainer.relay import RelayOptions, splice
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["splice", "generic"])
 def relay(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -143,6 +138,7 @@ async def test_a_reset_ends_both_directions(relay: RelayOptions, tmp_path: Path)
                 assert await read_all(s) == OK + b"again"
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_not_buffered_for(
     relay: RelayOptions, tmp_path: Path
 ) -> None:

@@ -13,11 +13,6 @@ from chainer.relay.sockstream import SockStream
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="relay mode must be one of"):
         RelayOptions(mode="fast")  # type: ignore[arg-type]

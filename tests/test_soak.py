@@ -29,7 +29,7 @@ from fakes import free_port, running_chainer, start_echo, start_hop, task_group
 
 from chainer.relay import PipePool, RelayOptions
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 LOOPBACK = "127.0.0.1"
 CONNECTIONS = 3000
@@ -37,11 +37,6 @@ CONCURRENCY = 50
 SEED = int(os.environ.get("CHAINER_SOAK_SEED", "6"))
 FD_SLACK = 5
 TASK_SLACK = 2
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def open_fds(pipes: PipePool) -> int:

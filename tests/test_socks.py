@@ -20,11 +20,6 @@ from realproxies import Endpoint, Origin, curl
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def routes_yaml(
     routes: str, proxies: str = "", listen: str | None = None, defaults: str = ""
 ) -> str:
@@ -53,7 +48,7 @@ REAL_HOPS = {
 }
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 @pytest.mark.parametrize("order", list(itertools.permutations(REAL_HOPS)), ids="-".join)
 async def test_curl_reaches_tls_origin_through_squid_dante_microsocks_in_any_order(
     order: tuple[str, ...], request: pytest.FixtureRequest, tmp_path: Path, tls_origin: Origin
@@ -74,7 +69,7 @@ async def test_curl_reaches_tls_origin_through_squid_dante_microsocks_in_any_ord
     assert (rc, body) == (0, b"origin:/any-order"), err
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 @pytest.mark.parametrize(
     "client_args",
     [
@@ -246,7 +241,7 @@ async def test_chainer_as_socks4a_and_socks5_hops_with_auth(tmp_path: Path) -> N
                     assert await stream.receive() == b"socks in socks"
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 async def test_socks_inside_https_inside_http(
     tmp_path: Path, tls_origin: Origin, microsocks_auth: Endpoint, ca: Any, ca_pem: str
 ) -> None:
@@ -278,7 +273,7 @@ async def test_socks_inside_https_inside_http(
     assert (rc, body) == (0, b"origin:/nested"), err
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 async def test_socks_hop_refusal_is_charged_to_the_destination(
     tmp_path: Path, microsocks: Endpoint
 ) -> None:
@@ -291,7 +286,7 @@ async def test_socks_hop_refusal_is_charged_to_the_destination(
     assert info.value.error_code == 502
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 async def test_dante_as_socks4_hop(tmp_path: Path, plain_origin: Origin, danted: Endpoint) -> None:
     text = routes_yaml("  - {match: '*', via: [d4]}", yaml_proxy("d4", danted, "socks4"))
     async with running_chainer(text, tmp_path) as bound:
@@ -325,7 +320,7 @@ class _ResolverSpy:
         return self.real(host, *args, **kwargs)
 
 
-@pytest.mark.realproxy
+@pytest.mark.interop
 @pytest.mark.parametrize("via", ["[ms]", "direct"])
 async def test_names_are_resolved_locally_only_for_direct(
     tmp_path: Path, tls_origin: Origin, microsocks: Endpoint, via: str, monkeypatch: Any

@@ -29,11 +29,6 @@ OK = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[splice.Tunnel]:
     """Every splice.Tunnel started while the test runs."""
     seen: list[splice.Tunnel] = []

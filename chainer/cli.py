@@ -160,7 +160,9 @@ def _error(message: object) -> None:
 
 
 def _explain(config: Config, destination: str, live: bool, as_json: bool) -> int:
-    from .ops.explain import LiveUnavailable, explain, fetch_hops_view, render_json, render_text
+    from .ops.explain import explain
+    from .ops.explain_render import render_json, render_text
+    from .ops.liveview import LiveUnavailable, fetch_hops_view
 
     health = None
     if live:

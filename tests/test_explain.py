@@ -15,16 +15,9 @@ from fakes import free_port
 from chainer.config import parse_config
 from chainer.errors import BadTarget
 from chainer.models import Address, Config
-from chainer.ops.explain import (
-    HopsView,
-    LiveHealthView,
-    LiveUnavailable,
-    explain,
-    fetch_hops_view,
-    parse_destination,
-    render_json,
-    render_text,
-)
+from chainer.ops.explain import explain, parse_destination
+from chainer.ops.explain_render import render_json, render_text
+from chainer.ops.liveview import HopsView, LiveHealthView, LiveUnavailable, fetch_hops_view
 from chainer.outbound.health import Health
 
 YAML = """\

@@ -18,7 +18,7 @@ from .models import Config
 from .relay import RelayOptions
 from .server.logs import setup_logging
 from .server.run import run_server
-from .text import parse_duration
+from .text import parse_duration, plural
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -121,11 +121,6 @@ def _load(path: str) -> Config | None:
                 file=sys.stderr,
             )
         return None
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """`1 route`, `2 routes`, `0 proxies`."""
-    return f"{count} {word}" if count == 1 else f"{count} {many or word + 's'}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

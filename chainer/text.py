@@ -13,9 +13,11 @@ import socket
 
 __all__ = [
     "READ_SIZE",
+    "cannot_listen",
     "fmt_ms",
     "fmt_seconds",
     "parse_duration",
+    "plural",
     "printable",
     "transport_reason",
 ]
@@ -107,3 +109,17 @@ def transport_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+def cannot_listen(exc: OSError, where: str, what: str) -> OSError:
+    """A bind failure that says which address and what it was for: `cannot listen on
+    127.0.0.1:8080 (a listener): address already in use`."""
+    error = OSError(f"cannot listen on {where} ({what}): {transport_reason(exc)}")
+    error.errno = exc.errno
+    error.__cause__ = exc
+    return error
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """`1 route`, `2 routes`, `0 proxies`."""
+    return f"{count} {word}" if count == 1 else f"{count} {many or word + 's'}"

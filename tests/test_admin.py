@@ -401,3 +401,11 @@ async def test_listener_closes_when_cancelled(world: World) -> None:
         assert (await fetch(port, "/healthz")).status == 200
     with pytest.raises(OSError, match="connection attempts failed"):
         await anyio.connect_tcp("127.0.0.1", port)
+
+
+async def test_metrics_carry_no_created_series(world: World) -> None:
+    async with running_admin(world.view()) as port:
+        reply = await fetch(port, "/metrics")
+    text = reply.body.decode()
+    assert "chainer_connections_total" in text
+    assert "_created" not in text

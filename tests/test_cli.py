@@ -154,3 +154,25 @@ def test_validate_counts_in_words(tmp_path: Path) -> None:
     done = run("validate", "-c", str(one))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{one}: ok (1 route, 1 proxy, 1 chain)"
+
+
+@pytest.mark.parametrize("what", ["a listener", "the admin endpoint"])
+def test_a_busy_port_is_named_with_what_it_was_for(tmp_path: Path, what: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        free = free_port()
+        listen, admin = (port, free) if what == "a listener" else (free, port)
+        table = tmp_path / "routes.yaml"
+        table.write_text(
+            f"listen: [127.0.0.1:{listen}]\nadmin: 127.0.0.1:{admin}\n"
+            "routes: [{match: '*', via: direct}]\n"
+        )
+        done = run("serve", "-c", str(table))
+    assert done.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port} ({what}): address already in use" in (
+        done.stderr
+    )

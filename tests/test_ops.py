@@ -320,3 +320,26 @@ def test_running_out_of_file_descriptors_backs_off_instead_of_dying(
             s.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def test_reload_warns_about_listeners_only_while_they_differ_from_the_running_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from chainer.config import parse_config
+    from chainer.router import Router
+    from chainer.server import Server
+
+    routes = "routes: [{match: '*', via: direct}]\n"
+    running = parse_config(f"listen: [127.0.0.1:8080]\n{routes}", "routes.yaml")
+    moved = parse_config(f"listen: [127.0.0.1:9999]\n{routes}", "routes.yaml")
+    same_lower = parse_config(f"# a comment\n\nlisten: [127.0.0.1:8080]\n{routes}", "routes.yaml")
+    server = Server(Router(running))
+    warned = []
+    for config in (moved, running, same_lower, moved):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="chainer"):
+            server.reload(config)
+        warned.append("listener changes" in caplog.text)
+    assert warned == [True, False, False, True]

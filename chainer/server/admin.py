@@ -21,11 +21,13 @@ from urllib.parse import urlsplit
 import anyio
 import h11
 from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from ..inbound import error_response, first_byte_kind
 from ..models import Address, Config, HopGroup, Proxy, Via
 from ..outbound.health import Health
+from ..text import cannot_listen
+from .metrics import exposition
 
 log = logging.getLogger("chainer.admin")
 
@@ -128,7 +130,7 @@ def _dump(document: dict[str, Any]) -> bytes:
 
 _Endpoint = Callable[[AdminView], tuple[str, bytes]]
 _ENDPOINTS: dict[str, _Endpoint] = {
-    "/metrics": lambda view: (CONTENT_TYPE_LATEST, generate_latest(view.registry)),
+    "/metrics": lambda view: (CONTENT_TYPE_LATEST, exposition(view.registry)),
     "/healthz": lambda view: (_TEXT, b"ok\n"),
     "/routes": lambda view: (_JSON, _dump(routes_json(view.config()))),
     "/hops": lambda view: (_JSON, _dump(hops_json(view.health()))),
@@ -146,7 +148,10 @@ async def serve_admin(
 ) -> None:
     """Serve the admin endpoint on `address` (port 0: the kernel picks one) until cancelled;
     reports the bound (host, port)."""
-    listener = await anyio.create_tcp_listener(local_host=address.host, local_port=address.port)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=address.host, local_port=address.port)
+    except OSError as exc:
+        raise cannot_listen(exc, str(address), "the admin endpoint") from None
     async with listener:
         sockname = listener.extra(SocketAttribute.local_address)
         assert isinstance(sockname, tuple)

@@ -24,6 +24,7 @@ from ..inbound import error_response, send_quietly
 from ..models import Address, Listener
 from ..relay import sockstream
 from ..relay.sockstream import SockStream
+from ..text import cannot_listen
 
 log = logging.getLogger("chainer")
 
@@ -85,7 +86,10 @@ def bind(listeners: Sequence[Listener]) -> list[tuple[Listener, socket.socket]]:
     bound: list[tuple[Listener, socket.socket]] = []
     try:
         for listener in listeners:
-            sock = sockstream.listen(listener.address.host, listener.address.port)
+            try:
+                sock = sockstream.listen(listener.address.host, listener.address.port)
+            except OSError as exc:
+                raise cannot_listen(exc, str(listener.address), "a listener") from None
             bound.append((listener, sock))
             log.info("listening on %s", Address(*address(sock)))
             if listener.open and not listener.loopback:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -32,6 +32,26 @@ class _BreakerCollector(Collector):
         for edge in self._health().edges():
             family.add_metric([edge.via or "-", edge.proxy], _STATE_VALUE[edge.state])
         yield family
+
+
+class _Exposed(Collector):
+    """The registry as /metrics shows it: without the `_created` series, which only say
+    when each counter was first touched and double what a scrape carries."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text /metrics answers with."""
+    view = CollectorRegistry(auto_describe=False)
+    view.register(_Exposed(registry))
+    return generate_latest(view)
 
 
 class Metrics:

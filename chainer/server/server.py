@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 from ..models import Config, Listener, Proxy
 from ..relay import RelayOptions
 from ..router import Router
+from ..text import plural
 from .connection import Shared, handle
 from .listeners import Occupancy, accept, address, bind
 from .metrics import Metrics
@@ -47,6 +48,9 @@ class Server:
         self._ids = itertools.count(1)
         self._stopping = anyio.Event()
         self.stopped = anyio.Event()  # set once serve() has returned
+        # The listeners actually served (a reload cannot change them): what a reloaded
+        # file's listeners are compared with.
+        self._serving: tuple[Listener, ...] = tuple(router.config.listeners)
         self.bound: list[tuple[str, int]] = []  # every listening (host, port)
 
     @property
@@ -64,7 +68,7 @@ class Server:
         health = self.router.dialer.health
         health.forget(changed)
         self.router = Router(config, health)
-        if config.listeners != old.listeners:
+        if _unlined(config.listeners) != _unlined(self._serving):
             log.warning("listener changes take effect at the next restart")
         log.info(
             "reloaded %s: %d routes, %d proxies (%d changed)",
@@ -102,6 +106,7 @@ class Server:
         task_status: TaskStatus[list[tuple[str, int]]],
     ) -> None:
         listeners = listeners if listeners is not None else self.router.config.listeners
+        self._serving = tuple(listeners)
         sockets = bind(listeners)
         self.bound.extend(address(sock) for _, sock in sockets)
         try:
@@ -138,15 +143,20 @@ class Server:
                 sock.close()
 
     async def _drain(self) -> None:
-        log.info("stopped accepting; %d connections open", self.active)
+        log.info("stopped accepting; %s open", plural(self.active, "connection"))
         if self.active:
             with anyio.move_on_after(self.grace):
                 await self.occupancy.drained()
             if self.active:
-                log.info("grace period over: closing %d connections", self.active)
+                log.info("grace period over: closing %s", plural(self.active, "connection"))
 
 
 __all__ = ["Server"]
+
+
+def _unlined(listeners: Sequence[Listener]) -> tuple[Listener, ...]:
+    """Listeners as configured, whatever line of the file they are on."""
+    return tuple(dataclasses.replace(listener, line=0) for listener in listeners)
 
 
 def _same_proxy(old: Proxy, new: Proxy | None) -> bool:

@@ -4,7 +4,9 @@ origins."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -394,3 +396,67 @@ async def test_plain_http_reaches_real_squid_as_a_request_not_a_connect(
             text = await access.read_text()
     line = next(ln for ln in text.splitlines() if "/via-squid" in ln)
     assert f" GET http://127.0.0.1:{plain_origin.port}/via-squid " in line
+
+
+async def _late_answer_origin(tg: object, delay: float) -> int:
+    """An origin that reads until the client's end of stream, waits `delay`, then
+    answers and closes: only a tunnel that really passes a half-close on delivers it."""
+
+    async def handle(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            got = b""
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    got += await client.receive()
+            await anyio.sleep(delay)
+            await client.send(b"late answer to " + got)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve() -> None:
+        async with listener:
+            await listener.serve(handle)
+
+    tg.start_soon(serve)  # type: ignore[attr-defined]
+    return port
+
+
+@pytest.mark.slow
+async def test_a_half_close_crosses_tls_legs_both_ways(
+    tmp_path: Path, ca: object, ca_pem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """client -TCP-> chainer -TLS-> chainer (https hop) -TCP-> origin. The client sends,
+    then half-closes; the origin answers only 1.5 s after that end of stream reached it.
+    The end crosses both TLS legs as close_notify, and the answer comes back whole —
+    which the old linger (a TLS leg could not half-close: the rest had to keep moving
+    every second) cut off."""
+    caplog.set_level(logging.INFO, logger="chainer.access")
+    cert = ca.issue_cert("127.0.0.1")  # type: ignore[attr-defined]
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "hop.pem"))
+    async with task_group() as tg:
+        origin = await _late_answer_origin(tg, 1.5)
+        tls_port = free_port()
+        hop = (
+            f"listen:\n  - address: 127.0.0.1:{tls_port}\n"
+            "    tls: {cert: hop.pem, key: hop.pem}\n"
+            "routes:\n  - {match: '*', via: direct}\n"
+        )
+        async with running_chainer(hop, tmp_path, "hop.yaml"):
+            proxies = f"  secure: {{url: 'https://127.0.0.1:{tls_port}', ca: '{ca_pem}'}}\n"
+            async with running_chainer(
+                config("  - {match: '*', via: [secure]}", proxies), tmp_path
+            ) as bound:
+                got = b""
+                with anyio.fail_after(10):
+                    async with await anyio.connect_tcp("127.0.0.1", bound[0][1]) as s:
+                        target = f"127.0.0.1:{origin}".encode()
+                        await s.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\nhi")
+                        await s.send_eof()
+                        with contextlib.suppress(anyio.EndOfStream):
+                            while True:
+                                got += await s.receive()
+    assert got == b"HTTP/1.1 200 Connection established\r\n\r\nlate answer to hi"
+    lines = [r.getMessage() for r in caplog.records if r.name == "chainer.access"]
+    assert len(lines) == 2  # the hop's and ours
+    assert all("outcome=ok" in line for line in lines), lines

@@ -176,7 +176,7 @@ def test_sigterm_stops_accepting_and_lets_live_tunnels_finish(
     live, head = tunnel(port, echo.port)
     assert head.startswith(b"HTTP/1.1 200 ")
     c.signal(signal.SIGTERM)
-    c.wait_log("stopped accepting; 1 connections open")
+    c.wait_log("stopped accepting; 1 connection open")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     live.sendall(b"after sigterm")
@@ -199,7 +199,7 @@ def test_grace_period_ends_with_the_tunnels_closed(
     live.settimeout(5)
     assert live.recv(100) == b""  # closed by chainer
     live.close()
-    c.wait_log("grace period over: closing 1 connections")
+    c.wait_log("grace period over: closing 1 connection")
 
 
 def test_json_logs_carry_the_connection_id_on_every_line(

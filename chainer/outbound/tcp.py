@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import anyio
 from anyio.abc import ByteStream
-from anyio.streams.tls import TLSStream
 
 from ..models import Address, Proxy
 from ..relay.sockstream import connect_ip
+from ..relay.tls import TLSLeg
 
 __all__ = ["HAPPY_EYEBALLS_DELAY", "Screen", "open_direct", "open_tcp", "start_tls"]
 
@@ -119,9 +119,6 @@ def client_tls_context(ca: str | None, insecure: bool) -> ssl.SSLContext:
 async def start_tls(stream: ByteStream, proxy: Proxy) -> ByteStream:
     """TLS to an https hop, over whatever stream reaches it (TCP or a tunnel)."""
     hostname = proxy.sni or proxy.address.host
-    return await TLSStream.wrap(
-        stream,
-        hostname=hostname,
-        ssl_context=client_tls_context(proxy.ca, proxy.insecure),
-        standard_compatible=False,
+    return await TLSLeg.wrap(
+        stream, hostname=hostname, ssl_context=client_tls_context(proxy.ca, proxy.insecure)
     )

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import ByteStream
-from anyio.streams.tls import TLSStream
 
 from ..errors import ChainFailed, Refused, describe_attempts
 from ..inbound import (
@@ -40,6 +39,7 @@ from ..relay.generic import relay
 from ..relay.result import RelayResult
 from ..relay.sockstream import SockStream
 from ..relay.streams import PrefixedStream
+from ..relay.tls import TLSLeg
 from ..router import Router
 from ..routing.policy import Guard
 from ..text import READ_SIZE
@@ -127,7 +127,7 @@ class Connection:
             first = await _receive_some(stream)
             kind = first_byte_kind(first[0])
             if kind == "tls" and tls is not None:
-                stream = await TLSStream.wrap(
+                stream = await TLSLeg.wrap(
                     PrefixedStream(stream, first), server_side=True, ssl_context=tls
                 )
                 self.tls = True

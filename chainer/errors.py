@@ -84,6 +84,7 @@ class HopError(ChainerError):
         proxy_status: str = "proxy_internal_error",
         denied: bool = False,
         generic: bool = False,
+        address: str | None = None,
     ) -> None:
         self.index = index
         self.hop = hop
@@ -93,13 +94,20 @@ class HopError(ChainerError):
         self.proxy_status = proxy_status
         self.denied = denied
         self.generic = generic
+        # The hop's scheme://host:port when the failure was reaching it: for the log,
+        # never for the client (a proxy's addresses are not the client's business).
+        self.address = address
         self.elapsed = 0.0  # seconds into the connection's set-up when it happened
         super().__init__(self.describe())
 
     def where(self) -> str:
         return "direct" if self.index == 0 else f"hop {self.index} ({self.hop})"
 
-    def describe(self) -> str:
+    def describe(self, *, full: bool = False) -> str:
+        """`hop 2 (bastion): connection refused`; with `full`, the hop's address too
+        (`hop 2 (bastion): socks5://10.1.0.5:1080: connection refused`), for logs."""
+        if full and self.address:
+            return f"{self.where()}: {self.address}: {self.reason}"
         return f"{self.where()}: {self.reason}"
 
     def __str__(self) -> str:
@@ -147,20 +155,22 @@ class ChainFailed(ChainerError):
         last = self.last
         return last is not None and last.timeout
 
-    def describe(self) -> str:
-        text = describe_attempts(self.attempts, self.skipped)
+    def describe(self, *, full: bool = False) -> str:
+        text = describe_attempts(self.attempts, self.skipped, full=full)
         if self.reason:
             text = f"{text}; {self.reason}" if text else self.reason
         return text or "no hop tried"
 
 
-def describe_attempts(attempts: Sequence[HopError], skipped: Sequence[tuple[int, str]] = ()) -> str:
+def describe_attempts(
+    attempts: Sequence[HopError], skipped: Sequence[tuple[int, str]] = (), *, full: bool = False
+) -> str:
     """Every attempt, in order: `hop 2 (bastion): no answer in 10s`; when there were
     several, each with its phase and when it happened; then the candidates skipped."""
     if len(attempts) == 1 and not skipped:
-        parts = [attempts[0].describe()]
+        parts = [attempts[0].describe(full=full)]
     else:
-        parts = [f"{a.describe()} ({a.phase}, at {a.elapsed:.2f}s)" for a in attempts]
+        parts = [f"{a.describe(full=full)} ({a.phase}, at {a.elapsed:.2f}s)" for a in attempts]
     parts += [f"hop {i} ({name}): skipped, circuit open" for i, name in skipped]
     return "; ".join(parts)
 

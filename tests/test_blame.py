@@ -129,13 +129,13 @@ ROWS: list[tuple[Cause, Where, tuple[object, ...]]] = [
         socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
         HOP1,
         (U, 1, "corp", "connect", "dns_error", None, False,
-         "hop 1 (corp): http://proxy.corp:3128: name not resolved (Name or service not known)"),
+         "hop 1 (corp): name not resolved (Name or service not known)"),
     ),
     (
         _errno(errno.ENETUNREACH),
         HOP1,
         (U, 1, "corp", "connect", "destination_ip_unroutable", None, False,
-         "hop 1 (corp): http://proxy.corp:3128: network is unreachable"),
+         "hop 1 (corp): network is unreachable"),
     ),
     (
         _errno(errno.EHOSTUNREACH),
@@ -148,13 +148,13 @@ ROWS: list[tuple[Cause, Where, tuple[object, ...]]] = [
         _with_cause(OSError("all connection attempts failed"), _refused()),
         HOP1,
         (U, 1, "corp", "connect", "connection_refused", None, False,
-         "hop 1 (corp): http://proxy.corp:3128: connection refused"),
+         "hop 1 (corp): connection refused"),
     ),
     (
         _errno(errno.ETIMEDOUT),
         HOP1,
         (U, 1, "corp", "connect", "destination_unavailable", None, False,
-         "hop 1 (corp): http://proxy.corp:3128: connection timed out"),
+         "hop 1 (corp): connection timed out"),
     ),
     # -- TLS with an https hop ---------------------------------------------------------------
     (
@@ -363,3 +363,12 @@ def test_only_a_generic_answer_about_the_destination_is_flagged(
     inner = blame(answer, ASK1)  # the same answer about a next hop is never "generic"
     assert isinstance(inner, HopError)
     assert inner.generic is False
+
+
+def test_a_hops_address_is_kept_for_the_log_but_not_shown_to_the_client() -> None:
+    error = blame(ConnectionRefusedError(111, "Connection refused"), HOP1)
+    assert isinstance(error, HopError)
+    assert str(error) == "hop 1 (corp): connection refused"  # what the client is told
+    assert error.describe(full=True) == (
+        "hop 1 (corp): http://proxy.corp:3128: connection refused"  # what the log says
+    )

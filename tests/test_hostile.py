@@ -1517,3 +1517,19 @@ def test_a_regex_re2_cannot_run_is_refused_when_loading() -> None:
     (error,) = caught.value.errors
     assert str(error).startswith("routes.yaml:2: routes[0].match: bad regex")
     assert "RE2" in str(error)
+
+
+async def test_proxy_status_names_hops_but_never_their_addresses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = free_port()
+    proxies = f"  corp: 'http://127.0.0.1:{gone}'\n"
+    routes = "  - {match: '*', via: corp}\n"
+    caplog.set_level(logging.INFO, logger="chainer.access")
+    async with running_chainer(table(routes, proxies=proxies), tmp_path) as bound:
+        answer = await converse(bound[0][1], connect_request("example.test:443"))
+    assert answer.status == 502, answer.shown()
+    assert b"hop 1 (corp)" in answer.data
+    assert f":{gone}".encode() not in answer.data  # not in Proxy-Status, not in the body
+    logged = [r.getMessage() for r in caplog.records if r.name == "chainer.access"]
+    assert any(f"http://127.0.0.1:{gone}" in line for line in logged)  # the log has it

@@ -54,10 +54,15 @@ def error_response(
 class Failure:
     http_status: int
     socks5_reply: int
-    message: str
+    message: str  # what the client is told: hops by name, never their addresses
     proxy_status: str | None = None  # RFC 9209 error type
     received_status: int | None = None
     outcome: str = "failed"
+    log_message: str | None = None  # the same with the hops' addresses, for the log
+
+    @property
+    def logged(self) -> str:
+        return self.log_message or self.message
 
     @property
     def proxy_status_header(self) -> str | None:
@@ -86,7 +91,7 @@ def failure_for(exc: ChainerError) -> Failure:
     if isinstance(exc, BadTarget):
         return Failure(400, codes.REP_GENERAL_FAILURE, str(exc), outcome="bad_request")
     if isinstance(exc, ChainFailed):
-        message = exc.describe()
+        message, full = exc.describe(), exc.describe(full=True)
         last = exc.last
         if exc.reason is not None or last is None:
             error = "connection_timeout" if exc.reason is not None else "proxy_internal_error"
@@ -96,6 +101,7 @@ def failure_for(exc: ChainerError) -> Failure:
                 message,
                 error,
                 outcome="timeout" if exc.reason is not None else "failed",
+                log_message=full,
             )
         if last.phase == "destination" and not last.timeout:
             # The last hop could not reach the destination: no hop failed.
@@ -109,6 +115,7 @@ def failure_for(exc: ChainerError) -> Failure:
             last.proxy_status,
             last.status,
             outcome=outcome,
+            log_message=full,
         )
     return Failure(502, codes.REP_GENERAL_FAILURE, str(exc), "proxy_internal_error")
 

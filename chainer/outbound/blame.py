@@ -156,8 +156,12 @@ def _expired(cause: Expired, where: Where) -> ChainerError:
 def _connect(cause: BaseException, where: Where) -> HopError | None:
     if not isinstance(cause, OSError):
         return None
-    reason = f"{where.target}: {transport_reason(cause)}"
-    return _at(HopUnreachable, where, reason, _connect_status(cause))
+    if where.index == 0:  # a direct connection: the destination, which the client named
+        reason = f"{where.target}: {transport_reason(cause)}"
+        return _at(HopUnreachable, where, reason, _connect_status(cause))
+    error = _at(HopUnreachable, where, transport_reason(cause), _connect_status(cause))
+    error.address = where.target  # the hop's address: for the log, not the client
+    return error
 
 
 def _tls(cause: BaseException, where: Where) -> HopError | None:

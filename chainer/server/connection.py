@@ -183,13 +183,13 @@ class Connection:
             for attempt in getattr(exc, "attempts", ()):
                 metrics.hop_failure(attempt)
             failure = failure_for(exc)
-            conn.outcome, conn.error = failure.outcome, failure.message
+            conn.outcome, conn.error = failure.outcome, failure.logged
             conn.route = exc.route or conn.route
             await inbound.refuse(failure)
             return
         conn.route, conn.via, conn.trace = match.route.label(), dialed.via.label, dialed.trace
         if dialed.attempts or dialed.skipped:
-            conn.failovers = describe_attempts(dialed.attempts, dialed.skipped)
+            conn.failovers = describe_attempts(dialed.attempts, dialed.skipped, full=True)
         for attempt in dialed.attempts:
             metrics.hop_failure(attempt)
         for hop in dialed.trace:

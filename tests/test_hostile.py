@@ -1533,3 +1533,33 @@ async def test_proxy_status_names_hops_but_never_their_addresses(
     assert f":{gone}".encode() not in answer.data  # not in Proxy-Status, not in the body
     logged = [r.getMessage() for r in caplog.records if r.name == "chainer.access"]
     assert any(f"http://127.0.0.1:{gone}" in line for line in logged)  # the log has it
+
+
+@pytest.mark.parametrize("protocol", ["http", "socks5"])
+async def test_a_tls_listener_accepts_only_tls(tmp_path: Path, ca: Any, protocol: str) -> None:
+    """Plaintext CONNECT with Basic credentials or a SOCKS5 login on the TLS port would
+    put the password on the wire in clear: refused before anything is read."""
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "tls.pem"))
+    listen = (
+        "\n  - address: 127.0.0.1:0\n    tls: {cert: tls.pem, key: tls.pem}"
+        "\n    auth: {users: {alice: 's3cret'}}"
+    )
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        async with running_chainer(table(listen=listen), tmp_path) as bound:
+            port = bound[0][1]
+            if protocol == "http":
+                request = connect_request(
+                    f"{LOOPBACK}:{echo.port}",
+                    f"Proxy-Authorization: {basic('alice', 's3cret')}\r\n".encode(),
+                )
+                answer = await converse(port, request)
+                assert answer.status == 400, answer.shown()
+                assert b"speaks TLS" in answer.data
+            else:
+                login = b"\x05\x01\x02" + b"\x01\x05alice\x06s3cret"
+                answer = await converse(port, login, done=never, wait=2)
+                assert answer.closed, answer.shown()
+                assert answer.data == b"", answer.shown()  # not even a method choice
+            assert echo.connections == 0

@@ -126,6 +126,14 @@ class Connection:
         with anyio.move_on_after(limits.client_timeout) as scope:
             first = await _receive_some(stream)
             kind = first_byte_kind(first[0])
+            if tls is not None and kind != "tls":
+                # A TLS listener speaks TLS only: credentials must not cross it in clear.
+                conn.outcome = "bad_request"
+                conn.error = f"{kind} on a TLS listener: {first[:8]!r}"
+                if kind == "http":
+                    answer = error_response(400, "this listener speaks TLS (an HTTPS proxy)")
+                    await send_quietly(stream, answer)
+                return
             if kind == "tls" and tls is not None:
                 stream = await TLSLeg.wrap(
                     PrefixedStream(stream, first), server_side=True, ssl_context=tls

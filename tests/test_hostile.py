@@ -1563,3 +1563,18 @@ async def test_a_tls_listener_accepts_only_tls(tmp_path: Path, ca: Any, protocol
                 assert answer.closed, answer.shown()
                 assert answer.data == b"", answer.shown()  # not even a method choice
             assert echo.connections == 0
+
+
+async def test_allow_on_a_dual_stack_listener_matches_ipv4_clients(tmp_path: Path) -> None:
+    """On [::], an IPv4 client's address is ::ffff:127.0.0.1; allow: [127.0.0.0/8] must
+    still let it in, and allow: [10.0.0.0/8] must still keep it out."""
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        for allow, admitted in (("127.0.0.0/8", True), ("10.0.0.0/8", False)):
+            listen = f"\n  - address: '[::]:0'\n    allow: ['{allow}']"
+            # an exposed listener; the echo origin on loopback is let through explicitly
+            text = table(listen=listen, top=f"allow_local: ['{LOOPBACK}:{echo.port}']")
+            async with running_chainer(text, tmp_path) as bound:
+                port = bound[0][1]
+                problem = await tunnel_works(port, echo.port)  # over IPv4, to 127.0.0.1
+                assert (problem is None) is admitted, (allow, problem)

@@ -120,7 +120,11 @@ async def connect_ip(host: str, port: int) -> SockStream:
 
 def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    # [::] takes IPv4 clients too (as ::ffff:a.b.c.d), as squid's and most servers' do.
+    dualstack = host == "::" and socket.has_dualstack_ipv6()
+    sock = socket.create_server(
+        (host, port), family=family, backlog=backlog, dualstack_ipv6=dualstack
+    )
     sock.setblocking(False)
     return sock
 

@@ -51,7 +51,12 @@ class Door:
         return cls(listener, tls, allow)
 
     def allows(self, host: str) -> bool:
-        return not self.allow or any(ipaddress.ip_address(host) in net for net in self.allow)
+        if not self.allow:
+            return True
+        ip = ipaddress.ip_address(host)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # an IPv4 client of a dual-stack [::] listener
+        return any(ip in net for net in self.allow)
 
 
 class Occupancy:

@@ -12,6 +12,7 @@ from .models import Address, Config
 from .outbound.dialer import Dialed, Dialer, Forward
 from .outbound.health import Health
 from .outbound.tcp import Screen
+from .routing.policy import Guard
 from .routing.table import Match, RouteTable
 from .routing.target import normalize_host, parse_port
 
@@ -53,8 +54,12 @@ class Router:
 
     async def connect(self, host: str, port: int | str) -> ByteStream:
         """A byte stream to host:port through the routed chain. Raises BadTarget for a
-        bad host or port, Refused for a rejected destination, ChainFailed when every way
-        the route offers failed."""
+        bad host or port, Refused for a destination the policy (`deny`, `allow_ports`)
+        or a `reject` route refuses, ChainFailed when every way the route offers failed."""
         target = Address(normalize_host(host), parse_port(str(port)))
-        _match, dialed = await self.open(target)
+        # The table's destination policy holds here as in the server: deny, allow_ports,
+        # and deny ranges again on the addresses a `direct` name resolves to.
+        guard = Guard(self.config.policy, own=(), exposed=False)
+        guard.check(target)
+        _match, dialed = await self.open(target, guard.check_address)
         return dialed.stream

@@ -460,3 +460,23 @@ async def test_a_half_close_crosses_tls_legs_both_ways(
     lines = [r.getMessage() for r in caplog.records if r.name == "chainer.access"]
     assert len(lines) == 2  # the hop's and ours
     assert all("outcome=ok" in line for line in lines), lines
+
+
+async def test_library_connect_applies_the_destination_policy(tmp_path: Path) -> None:
+    from chainer import Refused, Router
+
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        path = tmp_path / "lib.yaml"
+        path.write_text(
+            "deny: ['*.denied.test', '127.0.0.2']\n"
+            f"allow_ports: [{echo.port}, 443]\n"
+            "routes: [{match: '*', via: direct}]\n"
+        )
+        router = Router.from_file(path)
+        for host, port in (("x.denied.test", 443), ("127.0.0.2", echo.port), ("127.0.0.1", 22)):
+            with pytest.raises(Refused):
+                await router.connect(host, port)
+        async with await router.connect("127.0.0.1", echo.port) as stream:
+            await stream.send(b"allowed")
+            assert await stream.receive() == b"allowed"

@@ -4,6 +4,7 @@ begun; curl is the client."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -101,3 +102,47 @@ def free_port_number() -> int:
     from fakes import free_port
 
     return free_port()
+
+
+async def _version_aware_origin(tg: object) -> int:
+    """Answers HTTP/1.1 requests with a chunked body, HTTP/1.0 ones with a plain one, as
+    a server must (RFC 9112: no chunked answer to an HTTP/1.0 request)."""
+
+    async def handle(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await client.receive()
+            if head.split(b"\r\n", 1)[0].endswith(b"HTTP/1.1"):
+                await client.send(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                )
+            else:
+                await client.send(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve() -> None:
+        async with listener:
+            await listener.serve(handle)
+
+    tg.start_soon(serve)  # type: ignore[attr-defined]
+    return port
+
+
+async def test_an_http10_client_never_gets_a_chunked_answer(tmp_path: Path) -> None:
+    async with task_group() as tg:
+        origin = await _version_aware_origin(tg)
+        text = "listen: ['127.0.0.1:0']\nroutes: [{match: '*', via: direct}]\n"
+        async with running_chainer(text, tmp_path) as bound:
+            for version in ("1.0", "1.1"):
+                async with await anyio.connect_tcp(*bound[0]) as c:
+                    request = f"GET http://127.0.0.1:{origin}/ HTTP/{version}\r\n"
+                    await c.send(request.encode() + b"Host: x\r\n\r\n")
+                    got = b""
+                    with anyio.fail_after(5), contextlib.suppress(anyio.EndOfStream):
+                        while True:
+                            got += await c.receive()
+                chunked = b"transfer-encoding: chunked" in got.lower()
+                assert chunked is (version == "1.1"), (version, got)

@@ -1578,3 +1578,24 @@ async def test_allow_on_a_dual_stack_listener_matches_ipv4_clients(tmp_path: Pat
                 port = bound[0][1]
                 problem = await tunnel_works(port, echo.port)  # over IPv4, to 127.0.0.1
                 assert (problem is None) is admitted, (allow, problem)
+
+
+async def test_a_malformed_request_chunk_is_one_log_line_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chainer")
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        async with running_chainer(table(), tmp_path) as bound:
+            port = bound[0][1]
+            for _ in range(3):
+                request = (
+                    f"POST http://{LOOPBACK}:{echo.port}/ HTTP/1.1\r\nHost: x\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n"
+                ).encode()
+                await converse(port, request, wait=2)
+            await assert_still_serves(port, echo.port)
+    lines = [r.getMessage() for r in caplog.records if r.name == "chainer.access"]
+    bad = [line for line in lines if "POST" in line or "outcome=bad_request" in line]
+    assert len(bad) == 3, lines
+    assert all('error="client: bad request body' in line for line in bad), bad

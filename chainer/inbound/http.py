@@ -23,9 +23,10 @@ from ..errors import BadTarget
 from ..models import Address, Limits
 from ..proto.forward import LAST_CHUNK, encode_chunk, forward_request
 from ..proto.request import check_request_head, find_head_end
-from ..relay.result import ClientClosed
+from ..relay.result import BadRequestBody, ClientClosed
 from ..relay.streams import with_prefix
 from ..routing.target import normalize_host, parse_authority
+from ..text import READ_SIZE
 from .answers import Failure, error_response
 from .base import ClientError, ClientGone, Request, check_user, send_quietly
 
@@ -44,6 +45,7 @@ class HttpInbound:
         default_factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     )
     _pending: bytes = b""
+    closed: bool = False  # the client's side has ended (end of stream or a reset)
 
     def feed(self, data: bytes) -> None:
         self._pending += data
@@ -57,7 +59,7 @@ class HttpInbound:
             if len(buffer) > limit:
                 raise ClientError(431, f"request head over {limit} bytes")
             try:
-                data = await self.stream.receive(65536)
+                data = await self.stream.receive(READ_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
             if not data:
@@ -81,9 +83,10 @@ class HttpInbound:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = await self.stream.receive(65536)
+                data = await self.stream.receive(READ_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
+            self.closed = self.closed or not data
             self.conn.receive_data(data)
 
     async def read_request(self) -> Request:
@@ -188,8 +191,10 @@ class _ForwardStream(ByteStream):
         while not self.done:
             try:
                 event = await self.inbound._next_event()
-            except ClientError:
-                raise ClientClosed from None  # closed (or broke off) inside its body
+            except ClientError as exc:
+                if self.inbound.closed:
+                    raise ClientClosed from None  # it went away inside its body
+                raise BadRequestBody(f"bad request body: {exc.message}") from None
             if isinstance(event, h11.Data):
                 if not event.data:
                     continue

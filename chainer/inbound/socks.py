@@ -29,6 +29,7 @@ from ..proto.socks_server import Request as Request5
 from ..proto.socks_server import Send as Send5
 from ..relay.streams import with_prefix
 from ..routing.target import normalize_host
+from ..text import READ_SIZE
 from .answers import Failure
 from .base import ClientError, Request, check_user, send_quietly
 
@@ -47,7 +48,7 @@ def open_socks(
 
 async def _receive(stream: ByteStream) -> bytes:
     try:
-        return await stream.receive(65536)
+        return await stream.receive(READ_SIZE)
     except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
         return b""
 

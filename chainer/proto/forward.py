@@ -57,6 +57,9 @@ def forward_request(
     Returns the URL's host as written (IPv6 without brackets, for the caller to
     validate), its port (80 by default) and the request head to send: origin-form
     target, hop-by-hop fields dropped, `Host` from the URL first, `Connection: close`.
+    The request keeps the client's HTTP version: the answer is relayed as it comes, and
+    a server asked in HTTP/1.0 never answers with a chunked body, which an HTTP/1.0
+    client could not read.
     """
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"bad method {quote(method)}")
@@ -71,7 +74,7 @@ def forward_request(
     named -= _FRAMING
     named.add(b"host")
 
-    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, origin, authority)]
+    lines = [b"%s %s HTTP/%s\r\nHost: %s\r\n" % (method, origin, http_version, authority)]
     for name, value in headers:
         if not _TOKEN.fullmatch(name) or _FIELD_BYTES_BAD.search(value):
             raise ValueError(f"bad header {quote(name)}")

@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import ByteStream
 
 from ..text import transport_reason
-from .result import ClientClosed, RelayResult, StillCounter
+from .result import BadRequestBody, ClientClosed, RelayResult, StillCounter
 
 CHUNK = 262144
 LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
@@ -92,6 +92,11 @@ async def _run(
         except ClientClosed:
             result.client_closed = True
             result.error = result.error or "client closed before the answer ended"
+            tg.cancel_scope.cancel()
+            return
+        except BadRequestBody as exc:
+            result.bad_request = True
+            result.error = result.error or f"client: {exc}"
             tg.cancel_scope.cancel()
             return
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:

@@ -23,6 +23,11 @@ class ClientClosed(anyio.BrokenResourceError):
     request's answer had not ended): the relay ends at once, upstream side included."""
 
 
+class BadRequestBody(anyio.BrokenResourceError):
+    """The client's request body broke the protocol (a malformed chunk): the exchange
+    ends, logged in one line as the client's bad request."""
+
+
 @dataclass(slots=True)
 class RelayResult:
     """What a relay did. The counters move while it runs, so whoever holds the result
@@ -33,6 +38,7 @@ class RelayResult:
     idle_closed: bool = False
     error: str | None = None
     client_closed: bool = False  # the client gave up (ClientClosed)
+    bad_request: bool = False  # the client's body was malformed (BadRequestBody)
     shutdown: bool = False  # ended by the server's shutdown, at the end of --grace
 
 

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from ..inbound import error_response, first_byte_kind
 from ..models import Address, Config, HopGroup, Proxy, Via
 from ..outbound.health import Health
-from ..text import cannot_listen
+from ..text import READ_SIZE, cannot_listen
 from .metrics import exposition
 
 log = logging.getLogger("chainer.admin")
@@ -261,7 +261,7 @@ async def _linger(stream: ByteStream) -> None:
     with anyio.move_on_after(LINGER):
         try:
             while drained < _LINGER_BYTES:
-                drained += len(await stream.receive(65536))
+                drained += len(await stream.receive(READ_SIZE))
         except anyio.EndOfStream:
             pass
 

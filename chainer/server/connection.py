@@ -251,6 +251,8 @@ class Connection:
         )
         if result.shutdown:
             conn.outcome, conn.error = "shutdown", "closed at shutdown"
+        elif result.bad_request:
+            conn.outcome, conn.error = "bad_request", result.error
         elif result.client_closed or gave_up:
             # It went away before the answer it asked for could reach it.
             conn.outcome, conn.error = "client_closed", result.error or "gone before the answer"

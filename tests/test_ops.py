@@ -343,3 +343,42 @@ def test_reload_warns_about_listeners_only_while_they_differ_from_the_running_on
             server.reload(config)
         warned.append("listener changes" in caplog.text)
     assert warned == [True, False, False, True]
+
+
+@pytest.mark.anyio
+async def test_a_reload_is_parsed_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a (slow) table is parsed, the event loop goes on: live tunnels do not wait."""
+    import anyio
+
+    from chainer.config import load_config
+    from chainer.router import Router
+    from chainer.server import Server, run
+
+    path = tmp_path / "routes.yaml"
+    path.write_text("routes: [{match: '*', via: direct}]\n")
+    server = Server(Router(load_config(path)))
+    parsed_in: list[threading.Thread] = []
+
+    def slow_load(p: str) -> object:
+        parsed_in.append(threading.current_thread())
+        time.sleep(0.5)  # a big table
+        return load_config(p)
+
+    monkeypatch.setattr(run, "load_config", slow_load)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        assert await run.reload(server, str(path))
+        tg.cancel_scope.cancel()
+    assert parsed_in
+    assert parsed_in[0] is not threading.main_thread()
+    assert ticks >= 10  # the loop ran on while the file was parsed

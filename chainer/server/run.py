@@ -52,9 +52,11 @@ async def run_server(
         await _signals(server, tg)
 
 
-def reload(server: Server, path: str) -> bool:
+async def reload(server: Server, path: str) -> bool:
+    """Read and validate `path` in a worker thread — a large table takes a while to parse,
+    and live tunnels must not wait for it — then swap it in on the event loop, at once."""
     try:
-        config = load_config(path)
+        config = await anyio.to_thread.run_sync(load_config, path)
     except ConfigErrors as exc:
         for error in exc.errors:
             log.error("reload refused, keeping the running table: %s", error)
@@ -71,7 +73,7 @@ async def _signals(server: Server, tg: TaskGroup) -> None:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
                 log.info("SIGHUP: reloading %s", server.router.config.path)
-                reload(server, server.router.config.path)
+                await reload(server, server.router.config.path)
             elif not stopping:
                 stopping = True
                 log.info("%s: stopping (grace %gs; again to close now)", name, server.grace)
@@ -96,12 +98,12 @@ def _digest(path: str) -> bytes | None:
 
 
 async def _watch(server: Server, path: str) -> None:
-    """Reload when the file's contents change (checked every second)."""
-    seen = _digest(path)
+    """Reload when the file's contents change (checked every second, off the loop)."""
+    seen = await anyio.to_thread.run_sync(_digest, path)
     while True:
         await anyio.sleep(WATCH_INTERVAL)
-        now = _digest(path)
+        now = await anyio.to_thread.run_sync(_digest, path)
         if now is not None and now != seen:
             seen = now
             log.info("%s changed: reloading", path)
-            reload(server, path)
+            await reload(server, path)

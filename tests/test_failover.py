@@ -727,3 +727,19 @@ async def test_a_hop_that_fails_every_destination_is_still_found_out() -> None:
             states.append(health.state("", hop))
     # two distinct destinations: still theirs; the third distinct one: the hop's
     assert states == ["closed", "closed", "closed", "open"]
+
+
+@pytest.mark.anyio
+async def test_one_request_costs_at_most_max_attempts_upstream(tmp_path: Path) -> None:
+    """A chain [first, [six dead candidates]] whose last position is all down: every
+    connection to `first` and every CONNECT sent to it counts, rebuilds included."""
+    del tmp_path
+    async with task_group() as tg:
+        first = await start_hop(tg, "ok")
+        dead = tuple(node(f"dead{i}", free_port()) for i in range(6))
+        via = chain((proxy(first, "first"),), dead)
+        dialer = Dialer(FAST, Health(), max_attempts=8)
+        outcome, charged, _ = await dial(dialer, via, 9)
+    assert outcome == "failed"
+    assert first.accepted + len(first.requests) <= 8, (first.accepted, len(first.requests))
+    assert len(charged) < 6  # the budget ran out before every candidate was tried

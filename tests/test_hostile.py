@@ -1599,3 +1599,28 @@ async def test_a_malformed_request_chunk_is_one_log_line_not_a_traceback(
     bad = [line for line in lines if "POST" in line or "outcome=bad_request" in line]
     assert len(bad) == 3, lines
     assert all('error="client: bad request body' in line for line in bad), bad
+
+
+async def test_per_client_limit_turns_away_one_address_only(tmp_path: Path) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        text = table(top="limits: {per_client: 2}")
+        async with running_chainer(text, tmp_path) as bound:
+            port = bound[0][1]
+            held = []
+            for _ in range(2):  # two tunnels held open from 127.0.0.1
+                s = await anyio.connect_tcp(LOOPBACK, port)
+                held.append(s)
+                await s.send(connect_request(f"{LOOPBACK}:{echo.port}"))
+                assert (await s.receive()).startswith(b"HTTP/1.1 200 ")
+            third = await converse(port, connect_request(f"{LOOPBACK}:{echo.port}"))
+            assert third.status == 503, third.shown()
+            assert b"from your address" in third.data
+            # another client address is not affected
+            other = await anyio.connect_tcp(LOOPBACK, port, local_host="127.0.0.2")
+            async with other:
+                await other.send(connect_request(f"{LOOPBACK}:{echo.port}"))
+                assert (await other.receive()).startswith(b"HTTP/1.1 200 ")
+            for s in held:
+                await s.aclose()
+            await assert_still_serves(port, echo.port, within=2)

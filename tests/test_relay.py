@@ -4,6 +4,7 @@ idle timeout, resets, and a client that stops reading (backpressure)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -195,3 +196,31 @@ async def test_stopping_the_server_ends_live_tunnels(relay: RelayOptions, tmp_pa
         async with s:
             assert await read_all(s, limit=3) == b""
     assert not relay.pipes.free  # and the pipes it pooled are closed
+
+
+async def test_a_client_that_closed_its_side_holds_the_tunnel_only_client_fin_long(
+    relay: RelayOptions, tmp_path: Path
+) -> None:
+    """The client sends and half-closes; the origin never answers nor closes. With
+    idle_timeout 10m and client_fin 400ms, the tunnel (and the client's slot) ends at
+    client_fin, not at the idle timeout."""
+
+    async def mute(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await client.receive()
+            await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    origin = listener.extra(anyio.abc.SocketAttribute.local_port)
+    text = table("  - {match: '*', via: direct}\n") + "limits: {client_fin: 400ms}\n"
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, mute)
+        async with running_chainer(text, tmp_path, relay=relay) as bound:
+            async with await anyio.connect_tcp(*bound[0]) as s:
+                await s.send(f"CONNECT 127.0.0.1:{origin} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await s.send(b"last words")
+                await s.send_eof()
+                assert await read_all(s, limit=5) == OK
+        tg.cancel_scope.cancel()

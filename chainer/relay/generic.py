@@ -37,12 +37,15 @@ async def relay(
     *,
     end_with_upstream: bool = False,
     result: RelayResult | None = None,
+    client_fin: float | None = None,
 ) -> RelayResult:
     """The generic path: relay until both directions have ended (or, with
     end_with_upstream, until the upstream has finished: a forwarded plain-HTTP exchange
     ends with the origin's answer). `result`, when given, counts the bytes as they move
-    (so a caller that is cancelled still knows them) and is returned."""
+    (so a caller that is cancelled still knows them) and is returned. Once the client
+    has ended its side, the tunnel may stand idle only `client_fin` seconds."""
     result = result if result is not None else RelayResult()
+    rule = [StillCounter.idle(idle)]  # the idle rule in force; client_fin may replace it
 
     async def direction(src: ByteStream, dst: ByteStream, index: int, linger: Linger) -> None:
         while True:
@@ -55,6 +58,8 @@ async def relay(
             else:
                 result.up += len(data)
             await dst.send(data)
+        if index == 0 and client_fin is not None and client_fin < rule[0].window:
+            rule[0] = StillCounter.idle(client_fin)
         try:
             await dst.send_eof()
         except NotImplementedError:
@@ -66,7 +71,7 @@ async def relay(
     await _run(
         lambda linger: direction(client, upstream, 0, linger),
         lambda linger: direction(upstream, client, 1, linger),
-        idle,
+        rule,
         end_with_upstream,
         result,
     )
@@ -79,7 +84,7 @@ Linger = Callable[[], None]
 async def _run(
     up: Callable[[Linger], Awaitable[None]],
     down: Callable[[Linger], Awaitable[None]],
-    idle: float,
+    rule: list[StillCounter],
     end_with_upstream: bool,
     result: RelayResult,
 ) -> None:
@@ -120,7 +125,17 @@ async def _run(
                 tg.cancel_scope.cancel()
                 return
 
+    async def watch_idle() -> None:
+        """The idle rule, which a client's end of stream may shorten (client_fin)."""
+        while True:
+            still = rule[0]
+            await anyio.sleep(still.step)
+            if still.sample((result.up, result.down)):
+                result.idle_closed = True
+                tg.cancel_scope.cancel()
+                return
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(run, up, True)
         tg.start_soon(run, down, False)
-        tg.start_soon(watch, StillCounter.idle(idle), True)
+        tg.start_soon(watch_idle)

@@ -55,6 +55,11 @@ class StillCounter:
     def idle(cls, idle: float) -> StillCounter:
         return cls(idle / IDLE_SAMPLES, IDLE_SAMPLES)
 
+    @property
+    def window(self) -> float:
+        """How long the counters must stand still: the idle time this counter enforces."""
+        return self.step * self.limit
+
     def sample(self, count: Sequence[int]) -> bool:
         """Take one sample; True once the counters stood still `limit` times running."""
         now = (count[0], count[1])

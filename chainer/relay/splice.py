@@ -157,8 +157,10 @@ class Tunnel:
         on_done: Callable[[RelayResult], None],
         pipes: PipePool,
         sent: tuple[int, int] = (0, 0),
+        client_fin: float | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.client_fin = client_fin
         self.pipes = pipes
         fa, fb = a.sock.fileno(), b.sock.fileno()
         self.dirs = (_Direction(fa, fb, 0), _Direction(fb, fa, 1))
@@ -229,6 +231,11 @@ class Tunnel:
             d.pipe = None
         if all(x.finished for x in self.dirs):
             self._finish(None)
+        elif d.index == 0 and self.client_fin is not None and self.client_fin < self.idle.window:
+            # The client has closed its side: the rest may idle only client_fin long.
+            self.idle = StillCounter.idle(self.client_fin)
+            self.timer.cancel()
+            self.timer = self.loop.call_later(self.idle.step, self._check_idle)
 
     def _check_idle(self) -> None:
         if self.idle.sample(self.count):

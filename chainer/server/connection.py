@@ -66,22 +66,18 @@ class Shared:
     ids: Iterator[int]
 
 
-async def handle(shared: Shared, client: SockStream, door: Door) -> None:
-    await Connection(shared, client, door).run()
+async def handle(shared: Shared, client: SockStream, door: Door, peer: tuple[str, int]) -> None:
+    await Connection(shared, client, door, peer).run()
 
 
 class Connection:
-    def __init__(self, shared: Shared, client: SockStream, door: Door) -> None:
+    def __init__(
+        self, shared: Shared, client: SockStream, door: Door, peer: tuple[str, int]
+    ) -> None:
         self.shared = shared
         self.client = client
         self.door = door
-        # A client that reset before we got here has no peer address any more.
-        try:
-            peer = client.sock.getpeername()
-        except OSError:
-            peer = ("0.0.0.0", 0)
-        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        peer_port = int(peer[1]) if isinstance(peer, tuple) else 0
+        self.peer_host, peer_port = peer  # ("0.0.0.0", 0): it reset before it was seen
         self.record = ConnRecord(next(shared.ids), str(Address(self.peer_host, peer_port)))
         self.result: RelayResult | None = None  # while relaying: the bytes moved so far
         self.tls = False  # the client speaks TLS to us
@@ -212,16 +208,16 @@ class Connection:
     async def _relay(
         self, inbound: Inbound, request: Request, dialed: Dialed, router: Router, route: Route
     ) -> None:
-        idle = router.config.defaults.idle
+        idle, client_fin = router.config.defaults.idle, router.config.limits.client_fin
         self.result = result = RelayResult()
         async with dialed.stream:
             if request.kind == "connect":
                 client = await inbound.established()
                 if self.shared.relay.can_splice(client, dialed.stream):
                     self.result = None
-                    await self._hand_off(client, dialed.stream, idle)
+                    await self._hand_off(client, dialed.stream, idle, client_fin)
                     return
-                await relay(client, dialed.stream, idle, result=result)
+                await relay(client, dialed.stream, idle, result=result, client_fin=client_fin)
             else:
                 assert isinstance(inbound, HttpInbound)
                 options, who = router.config.http, self.record.client
@@ -230,10 +226,13 @@ class Connection:
                 )
         self._note(result)
 
-    async def _hand_off(self, client: ByteStream, upstream: ByteStream, idle: float) -> None:
+    async def _hand_off(
+        self, client: ByteStream, upstream: ByteStream, idle: float, client_fin: float
+    ) -> None:
         """What this task would have done at the end — the log line, the counters —
         happens when the tunnel ends (`_tunnel_ended`)."""
-        if await self.shared.tunnels.hand_off(client, upstream, idle, self._tunnel_ended):
+        tunnels = self.shared.tunnels
+        if await tunnels.hand_off(client, upstream, idle, self._tunnel_ended, client_fin):
             self.record.handed_off = True
         else:
             self.record.outcome, self.record.error = "closed_on_error", "shutting down"
@@ -265,7 +264,7 @@ class Connection:
         conn = self.record
         conn.log()
         self.shared.metrics.connection_done(conn.route, conn.outcome, conn.up, conn.down)
-        self.shared.occupancy.leave()
+        self.shared.occupancy.leave(self.peer_host)
 
 
 async def _receive_some(stream: ByteStream) -> bytes:

@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..inbound import error_response, send_quietly
-from ..models import Address, Listener
+from ..models import Address, Limits, Listener
 from ..relay import sockstream
 from ..relay.sockstream import SockStream
 from ..text import cannot_listen
@@ -60,24 +60,37 @@ class Door:
 
 
 class Occupancy:
-    """Connections open now — spliced tunnels included, which outlive their task — and a
-    way to wait until there are none (the drain on shutdown)."""
+    """Connections open now — spliced tunnels included, which outlive their task — in all
+    and per client address, and a way to wait until there are none (the drain)."""
 
-    def __init__(self, limit: Callable[[], int]) -> None:
+    def __init__(self, limits: Callable[[], Limits]) -> None:
         self.count = 0
-        self._limit = limit  # read on each accept: a reload may change it
+        self._limits = limits  # read on each accept: a reload may change them
+        self._per_client: dict[str, int] = {}
         self._empty = anyio.Event()
 
-    def full(self) -> bool:
-        return self.count >= self._limit()
+    def refusal(self, client: str) -> str | None:
+        """Why a new connection from `client` is turned away now; None: it is let in."""
+        limits = self._limits()
+        if self.count >= limits.max_connections:
+            return "too many connections; try again later"
+        if self._per_client.get(client, 0) >= limits.per_client:
+            return "too many connections from your address; try again later"
+        return None
 
-    def enter(self) -> None:
+    def enter(self, client: str) -> None:
         self.count += 1
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         if self.count == 1:
             self._empty = anyio.Event()
 
-    def leave(self) -> None:
+    def leave(self, client: str) -> None:
         self.count -= 1
+        left = self._per_client[client] - 1
+        if left:
+            self._per_client[client] = left
+        else:
+            del self._per_client[client]
         if self.count == 0:
             self._empty.set()
 
@@ -114,7 +127,7 @@ def address(sock: socket.socket) -> tuple[str, int]:
     return str(host), int(port)
 
 
-Handle = Callable[[SockStream, Door], Coroutine[Any, Any, None]]
+Handle = Callable[[SockStream, Door, tuple[str, int]], Coroutine[Any, Any, None]]
 
 
 async def accept(
@@ -142,14 +155,26 @@ async def accept(
             if failing:
                 log.info("accepting again")
                 failing = False
-            if occupancy.full():
-                connections.start_soon(_turn_away, client)
+            peer = peer_of(client)
+            refusal = occupancy.refusal(peer[0])
+            if refusal is not None:
+                connections.start_soon(_turn_away, client, refusal)
                 continue
-            occupancy.enter()
-            connections.start_soon(handle, client, door)
+            occupancy.enter(peer[0])
+            connections.start_soon(handle, client, door, peer)
 
 
-async def _turn_away(client: SockStream) -> None:
-    """Over max_connections: say so (in HTTP, the likeliest protocol) and close."""
+def peer_of(client: SockStream) -> tuple[str, int]:
+    """The client's IP address and port; ("0.0.0.0", 0) when it reset before we asked."""
+    try:
+        peer = client.sock.getpeername()
+    except OSError:
+        return ("0.0.0.0", 0)
+    return str(peer[0]), int(peer[1])
+
+
+async def _turn_away(client: SockStream, why: str) -> None:
+    """Over max_connections or limits.per_client: say so (in HTTP, the likeliest
+    protocol) and close."""
     async with client:
-        await send_quietly(client, error_response(503, "too many connections; try again later"))
+        await send_quietly(client, error_response(503, why))

@@ -44,7 +44,7 @@ class Server:
         self.metrics = metrics or Metrics(lambda: self.router.dialer.health)
         self.grace = grace
         self.relay = relay if relay is not None else RelayOptions()
-        self.occupancy = Occupancy(lambda: self.router.config.limits.max_connections)
+        self.occupancy = Occupancy(lambda: self.router.config.limits)
         self._ids = itertools.count(1)
         self._stopping = anyio.Event()
         self.stopped = anyio.Event()  # set once serve() has returned

@@ -57,7 +57,12 @@ class Tunnels:
         self._pipes.clear()
 
     async def hand_off(
-        self, client: ByteStream, upstream: ByteStream, idle: float, on_end: OnEnd
+        self,
+        client: ByteStream,
+        upstream: ByteStream,
+        idle: float,
+        on_end: OnEnd,
+        client_fin: float | None = None,
     ) -> bool:
         """Splice two plain-socket streams (check RelayOptions.can_splice first). True
         when the tunnel runs here: `on_end(result)` will report its end once — possibly
@@ -74,7 +79,7 @@ class Tunnels:
             on_end(result)
 
         try:
-            tunnel = splice.Tunnel(a, b, idle, ended, self._pipes, sent)
+            tunnel = splice.Tunnel(a, b, idle, ended, self._pipes, sent, client_fin)
         except BaseException:
             splice.close_legs(a, b)
             raise

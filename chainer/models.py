@@ -182,6 +182,20 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class Admin:
+    """The operators' endpoint. With `users`, every path but /healthz needs Basic auth."""
+
+    address: Address
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    open: bool = False  # a non-loopback endpoint without auth, on purpose
+    line: int = 0
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.address.host)
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_connections: int = 4096  # above it: 503 (HTTP) or close
     client_timeout: float = 10.0  # a client's whole request must arrive within this: 408
@@ -224,7 +238,7 @@ class Config:
     proxies: tuple[Proxy, ...]
     chains: tuple[tuple[str, Via], ...]
     routes: tuple[Route, ...]
-    admin: Address | None = None
+    admin: Admin | None = None
     limits: Limits = Limits()
     policy: Policy = Policy()
     http: HttpOptions = HttpOptions()

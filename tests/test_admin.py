@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from realproxies import require_binary
 
 from chainer.config import parse_config
 from chainer.errors import HopError
-from chainer.models import Address, Config, Proxy
+from chainer.models import Address, Admin, Config, Proxy
 from chainer.outbound.health import Health
 from chainer.server import admin
 from chainer.server.admin import AdminView, hops_json, routes_json, serve_admin
@@ -106,7 +107,7 @@ def world() -> World:
 @asynccontextmanager
 async def running_admin(view: AdminView) -> AsyncIterator[int]:
     async with anyio.create_task_group() as tg:
-        host, port = await tg.start(serve_admin, Address("127.0.0.1", 0), view)
+        host, port = await tg.start(serve_admin, Admin(Address("127.0.0.1", 0)), view)
         assert host == "127.0.0.1"
         yield port
         tg.cancel_scope.cancel()
@@ -409,3 +410,32 @@ async def test_metrics_carry_no_created_series(world: World) -> None:
     text = reply.body.decode()
     assert "chainer_connections_total" in text
     assert "_created" not in text
+
+
+# -- authentication -------------------------------------------------------------------------
+
+
+@pytest.mark.interop
+async def test_with_users_every_path_but_healthz_needs_basic_auth(world: World) -> None:
+    view = dataclasses.replace(world.view(), users=lambda: {"ops": "pa55"})
+    async with running_admin(view) as port:
+        for path in ("/metrics", "/routes", "/hops"):
+            status, head, _ = await curl(port, path)
+            assert status == 401, path
+            assert 'www-authenticate: basic realm="chainer admin"' in head.lower()
+            status, _, _ = await curl(port, path, "-u", "ops:wrong")
+            assert status == 401, path
+            status, _, _ = await curl(port, path, "-u", "ops:pa55")
+            assert status == 200, path
+        status, _, body = await curl(port, "/healthz")
+    assert (status, body) == (200, b"ok\n")  # for load balancers, always open
+
+
+async def test_explain_live_reads_an_authenticated_admin_endpoint(world: World) -> None:
+    from chainer.ops.liveview import fetch_hops_view
+
+    view = dataclasses.replace(world.view(), users=lambda: {"ops": "pa55"})
+    async with running_admin(view) as port:
+        admin = Admin(Address("127.0.0.1", port), users=(("ops", "pa55"),))
+        hops = await anyio.to_thread.run_sync(fetch_hops_view, admin)
+    assert hops.state("corp", "bastion") == "open"

@@ -74,7 +74,8 @@ def test_design_example_parses(base: str) -> None:
     assert config.path == "routes.yaml"
     assert [ln.address for ln in config.listeners] == [Address("127.0.0.1", 8080)]
     assert config.listeners[0].line == 2
-    assert config.admin == Address("127.0.0.1", 9090)
+    assert config.admin is not None
+    assert config.admin.address == Address("127.0.0.1", 9090)
     assert config.defaults == Timeouts(connect=5.0, handshake=10.0, idle=600.0, deadline=30.0)
 
     assert [p.name for p in config.proxies] == ["corp", "bastion", "bastion2", "exit-a", "exit-b"]
@@ -212,7 +213,7 @@ ERROR_CASES = [
     ),
     (
         MINIMAL + "admin: [1]\n",
-        ["routes.yaml:3: admin: expected a string, got a list"],
+        ["routes.yaml:3: admin: expected IP:PORT or a mapping, got a list"],
     ),
     (
         "proxies:\n  corp: ftp://proxy.example\nroutes:\n  - {match: '*', via: corp}\n",
@@ -634,7 +635,8 @@ def test_ipv6_listen_and_proxy_addresses(base: str) -> None:
     assert tls.users == (("alice", "pw"), ("bob", "1234"))
     assert tls.allow == ("10.0.0.0/8", "2001:db8::/32")
     assert local.address == Address("127.0.0.1", 8081)
-    assert config.admin == Address("::1", 9090)
+    assert config.admin is not None
+    assert config.admin.address == Address("::1", 9090)
     v6, v6default = config.proxies
     assert v6.address == Address("2001:db8::5", 1081)
     assert v6default.address == Address("::1", 8080)
@@ -652,7 +654,8 @@ def test_port_zero_lets_the_kernel_choose() -> None:
         Address("127.0.0.1", 0),
         Address("::1", 0),
     ]
-    assert config.admin == Address("127.0.0.1", 0)
+    assert config.admin is not None
+    assert config.admin.address == Address("127.0.0.1", 0)
 
 
 def test_listener_files_must_exist(base: str) -> None:
@@ -947,3 +950,18 @@ def test_allow_local_takes_addresses_not_names() -> None:
     assert errors(MINIMAL + "allow_local: ['db.example']\n") == [
         "routes.yaml:3: allow_local[0]: 'db.example': name an address or a range"
     ]
+
+
+def test_an_admin_endpoint_others_can_reach_must_have_auth_or_say_open() -> None:
+    assert errors(MINIMAL + "admin: 0.0.0.0:9090\n") == [
+        "routes.yaml:3: admin: 0.0.0.0:9090 is reachable from other machines and has no "
+        "auth:, so anyone could read the route table and hop health; add auth: {users: ...}, "
+        "or open: true if you mean it"
+    ]
+    with_auth = parse(MINIMAL + "admin: {address: 0.0.0.0:9090, auth: {users: {ops: pw}}}\n")
+    assert with_auth.admin is not None
+    assert with_auth.admin.users == (("ops", "pw"),)
+    assert "pw" not in repr(with_auth.admin)
+    opened = parse(MINIMAL + "admin: {address: '0.0.0.0:9090', open: true}\n")
+    assert opened.admin is not None
+    assert opened.admin.open

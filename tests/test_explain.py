@@ -14,7 +14,7 @@ from fakes import free_port
 
 from chainer.config import parse_config
 from chainer.errors import BadTarget
-from chainer.models import Address, Config
+from chainer.models import Address, Admin, Config
 from chainer.ops.explain import explain, parse_destination
 from chainer.ops.explain_render import render_json, render_text
 from chainer.ops.liveview import HopsView, LiveHealthView, LiveUnavailable, fetch_hops_view
@@ -337,14 +337,14 @@ def test_fetch_hops_view_ignores_proxy_variables(
     # A proxy variable that points nowhere: going through it would fail.
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
-    view = fetch_hops_view(admin)
+    view = fetch_hops_view(Admin(admin))
     assert view.state("corp", "bastion") == "open"
     assert view.latency("", "corp") == pytest.approx(0.025)
 
 
 def test_fetch_hops_view_from_nothing_listening_says_so() -> None:
     with pytest.raises(LiveUnavailable, match="/hops"):
-        fetch_hops_view(Address("127.0.0.1", free_port()), timeout=2)
+        fetch_hops_view(Admin(Address("127.0.0.1", free_port())), timeout=2)
 
 
 # -- explain agrees with serve ------------------------------------------------------------

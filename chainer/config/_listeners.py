@@ -8,14 +8,15 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from yaml.nodes import Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import BadTarget
-from ..models import Address, Listener, TLSFiles
+from ..models import Address, Admin, Listener, TLSFiles
 from ..routing.target import parse_authority
-from ._yaml import _is_null, _q, _Reader
+from ._yaml import _is_null, _q, _Reader, _what
 
 _LISTEN_KEYS = ("address", "tls", "auth", "allow", "open")
+_ADMIN_KEYS = ("address", "auth", "open")
 
 _DEFAULT_LISTENER = Listener(Address("127.0.0.1", 8080))
 
@@ -77,6 +78,42 @@ class _Listeners(_Reader):
         listener = Listener(address, tls, users or (), allow or (), line, is_open)
         self.check_exposure(listener, node, path)
         return listener
+
+    def read_admin(self, node: Node) -> Admin | None:
+        """`admin: 127.0.0.1:9090`, or `{address, auth: {users|users_file}, open}`."""
+        line = node.start_mark.line + 1
+        users: tuple[tuple[str, str], ...] | None = ()
+        is_open = False
+        if isinstance(node, ScalarNode):
+            address = self.listen_address(node, "admin")
+        elif not isinstance(node, MappingNode):
+            self.error(node, "admin", f"expected IP:PORT or a mapping, got {_what(node)}")
+            return None
+        else:
+            entries = self.mapping(node, "admin")
+            if entries is None:
+                return None
+            self.known(entries, _ADMIN_KEYS, "admin")
+            if "address" not in entries:
+                self.error(node, "admin", 'missing "address"')
+                return None
+            address = self.listen_address(entries["address"][1], "admin.address")
+            if "auth" in entries:
+                users = self.read_auth(entries["auth"][1], "admin.auth")
+            if "open" in entries:
+                is_open = bool(self.flag(entries["open"][1], "admin.open"))
+        if address is None or users is None:
+            return None
+        admin = Admin(address, users, is_open, line)
+        if not (admin.loopback or admin.users or admin.open):
+            self.error(
+                node,
+                "admin",
+                f"{address} is reachable from other machines and has no auth:, so anyone "
+                "could read the route table and hop health; add auth: {users: ...}, or "
+                "open: true if you mean it",
+            )
+        return admin
 
     def check_exposure(self, listener: Listener, node: Node, path: str) -> None:
         """A listener others can reach must say who may use it, or say open: true."""

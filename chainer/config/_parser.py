@@ -70,9 +70,10 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
         http = self.read_http(section["http"]) if "http" in section else HttpOptions()
         admin = None
         if "admin" in section and not _is_null(section["admin"]):
-            admin = self.listen_address(section["admin"], "admin")
-            if admin is not None and admin.port and any(ln.address == admin for ln in listeners):
-                self.error(section["admin"], "admin", f"{admin} is also a listener")
+            admin = self.read_admin(section["admin"])
+            at = None if admin is None else admin.address
+            if at is not None and at.port and any(ln.address == at for ln in listeners):
+                self.error(section["admin"], "admin", f"{at} is also a listener")
         if self.errors:
             return None
         return Config(

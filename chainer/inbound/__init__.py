@@ -2,7 +2,7 @@
 socks), and what it is told when the request cannot be served (answers)."""
 
 from .answers import Failure, error_response, failure_for
-from .base import ClientError, ClientGone, Inbound, Request, send_quietly
+from .base import ClientError, ClientGone, Inbound, Request, check_basic, send_quietly
 from .http import HttpInbound
 from .sniff import first_byte_kind, open_inbound
 
@@ -13,6 +13,7 @@ __all__ = [
     "HttpInbound",
     "Inbound",
     "Request",
+    "check_basic",
     "error_response",
     "failure_for",
     "first_byte_kind",

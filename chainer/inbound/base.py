@@ -3,6 +3,8 @@ client errors, and the small helpers for answering and authenticating a client."
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ __all__ = [
     "ClientGone",
     "Inbound",
     "Request",
+    "check_basic",
     "check_user",
     "send_quietly",
 ]
@@ -84,3 +87,19 @@ def check_user(users: Mapping[str, str], username: str, password: str) -> str | 
         if ok_name and ok_pass:
             found = name
     return found
+
+
+def check_basic(value: bytes, users: Mapping[str, str]) -> str | None:
+    """The user a Basic `Authorization`/`Proxy-Authorization` value names, if its
+    password is right (see check_user); None otherwise."""
+    scheme, _, token = value.partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return check_user(users, user, password)

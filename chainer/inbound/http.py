@@ -8,8 +8,6 @@ are delivered once the chain is up.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from ..relay.streams import with_prefix
 from ..routing.target import normalize_host, parse_authority
 from ..text import READ_SIZE
 from .answers import Failure, error_response
-from .base import ClientError, ClientGone, Request, check_user, send_quietly
+from .base import ClientError, ClientGone, Request, check_basic, send_quietly
 
 MAX_HEAD = 16384
 _DEFAULT_LIMITS = Limits()
@@ -139,7 +137,7 @@ class HttpInbound:
         challenge = (("Proxy-Authenticate", 'Basic realm="chainer"'),)
         for name, value in request.headers:
             if name == b"proxy-authorization":
-                user = _check_basic(value, self.users)
+                user = check_basic(value, self.users)
                 if user is not None:
                     return user
         raise ClientError(407, "proxy authentication required", challenge)
@@ -165,20 +163,6 @@ class HttpInbound:
         """The client side of a forwarded request: receive() gives the request body as it
         goes to the origin (re-chunked when chunked), then waits; send() writes to the client."""
         return _ForwardStream(self, chunked)
-
-
-def _check_basic(value: bytes, users: Mapping[str, str]) -> str | None:
-    scheme, _, token = value.partition(b" ")
-    if scheme.lower() != b"basic":
-        return None
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        return None
-    return check_user(users, user, password)
 
 
 @dataclass(eq=False)

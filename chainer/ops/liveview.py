@@ -8,6 +8,7 @@ instance.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import urllib.error
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ChainerError
-from ..models import Address, Proxy
+from ..models import Address, Admin, Proxy
 from ..outbound.health import Health
 from ..text import fmt_seconds
 
@@ -121,14 +122,21 @@ class LiveUnavailable(ChainerError):
     """The admin endpoint could not be read (not running, no `admin:`, bad answer)."""
 
 
-def fetch_hops_view(admin: Address, timeout: float = 3.0) -> HopsView:
+def fetch_hops_view(admin: Admin, timeout: float = 3.0) -> HopsView:
     """GET http://ADMIN/hops from a running instance, bypassing any *_PROXY variables
-    (they may well point at that very instance)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
-    url = f"http://{Address(host, admin.port)}/hops"
+    (they may well point at that very instance), with the admin endpoint's first user's
+    credentials when it has users."""
+    at = admin.address
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(at.host, at.host)
+    url = f"http://{Address(host, at.port)}/hops"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url)
+    if admin.users:
+        user, password = admin.users[0]
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with opener.open(url, timeout=timeout) as answer:
+        with opener.open(request, timeout=timeout) as answer:
             data = json.loads(answer.read(4 * 1024 * 1024))
         return HopsView.from_json(data)
     except urllib.error.HTTPError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -23,8 +23,8 @@ import h11
 from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from ..inbound import error_response, first_byte_kind
-from ..models import Address, Config, HopGroup, Proxy, Via
+from ..inbound import check_basic, error_response, first_byte_kind
+from ..models import Address, Admin, Config, HopGroup, Proxy, Via
 from ..outbound.health import Health
 from ..text import READ_SIZE, cannot_listen
 from .metrics import exposition
@@ -55,6 +55,9 @@ class AdminView:
     # True once the server stops accepting (SIGTERM): /healthz then answers 503 so a load
     # balancer sends new clients elsewhere while live tunnels finish.
     draining: Callable[[], bool] = lambda: False
+    # Who may read it (Basic auth); empty: anyone who can reach it. /healthz is always
+    # open, for load balancers.
+    users: Callable[[], Mapping[str, str]] = lambda: {}
 
 
 # -- documents ----------------------------------------------------------------------------
@@ -141,13 +144,14 @@ _ENDPOINTS: dict[str, _Endpoint] = {
 
 
 async def serve_admin(
-    address: Address,
+    admin: Admin,
     view: AdminView,
     *,
     task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the admin endpoint on `address` (port 0: the kernel picks one) until cancelled;
-    reports the bound (host, port)."""
+    """Serve the admin endpoint at `admin.address` (port 0: the kernel picks one) until
+    cancelled; reports the bound (host, port)."""
+    address = admin.address
     try:
         listener = await anyio.create_tcp_listener(local_host=address.host, local_port=address.port)
     except OSError as exc:
@@ -157,7 +161,7 @@ async def serve_admin(
         assert isinstance(sockname, tuple)
         bound = (str(sockname[0]), int(sockname[1]))
         log.info("admin endpoint on http://%s", Address(*bound))
-        if not ipaddress.ip_address(bound[0]).is_loopback:
+        if not ipaddress.ip_address(bound[0]).is_loopback and not view.users():
             log.warning(
                 "admin endpoint %s is reachable from other machines and has no authentication",
                 Address(*bound),
@@ -225,7 +229,11 @@ def _answer(view: AdminView, conn: h11.Connection, request: h11.Request) -> byte
     path = urlsplit(request.target.decode("ascii", "replace")).path
     endpoint = _ENDPOINTS.get(path)
     extra: list[tuple[str, str]] = []
-    if endpoint is None:
+    users = view.users()
+    if path != "/healthz" and users and not _authorized(request, users):
+        status, content_type, body = 401, _TEXT, b"authentication required\n"
+        extra.append(("WWW-Authenticate", 'Basic realm="chainer admin"'))
+    elif endpoint is None:
         status, content_type = 404, _TEXT
         body = f"not found; endpoints: {' '.join(_ENDPOINTS)}\n".encode()
     elif request.method not in _METHODS:
@@ -252,6 +260,13 @@ def _answer(view: AdminView, conn: h11.Connection, request: h11.Request) -> byte
     if request.method != b"HEAD":
         out += conn.send(h11.Data(data=body)) or b""
     return out + (conn.send(h11.EndOfMessage()) or b"")
+
+
+def _authorized(request: h11.Request, users: Mapping[str, str]) -> bool:
+    return any(
+        name == b"authorization" and check_basic(value, users) is not None
+        for name, value in request.headers
+    )
 
 
 async def _linger(stream: ByteStream) -> None:

@@ -39,11 +39,18 @@ async def run_server(
     server = Server(Router(config), grace=grace, relay=relay)
     async with anyio.create_task_group() as tg:
         if config.admin is not None:
+            started = config.admin
+
+            def admin_users() -> dict[str, str]:
+                # A reload may change the users; the address needs a restart.
+                return dict((server.router.config.admin or started).users)
+
             view = AdminView(
                 config=lambda: server.router.config,
                 health=lambda: server.router.dialer.health,
                 registry=server.metrics.registry,
                 draining=lambda: server.draining,
+                users=admin_users,
             )
             await tg.start(serve_admin, config.admin, view)
         await tg.start(server.serve)

@@ -28,13 +28,26 @@ __all__ = [
 ]
 
 
-class ClientError(ChainerError):
-    """The client's request cannot be served; answer `status` and close."""
+Login = Literal["missing", "wrong"]
 
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+
+class ClientError(ChainerError):
+    """The client's request cannot be served; answer `status` and close. `login` says
+    whether it is about credentials: none given where they are needed, or wrong ones
+    (whose refusal the server may slow down, see server/throttle.py)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        login: Login | None = None,
+    ):
         self.status = status
         self.message = message
         self.headers = headers
+        self.login = login
         super().__init__(message)
 
 

@@ -135,12 +135,16 @@ class HttpInbound:
         if not self.users:
             return None
         challenge = (("Proxy-Authenticate", 'Basic realm="chainer"'),)
+        given = False
         for name, value in request.headers:
             if name == b"proxy-authorization":
+                given = True
                 user = check_basic(value, self.users)
                 if user is not None:
                     return user
-        raise ClientError(407, "proxy authentication required", challenge)
+        if given:
+            raise ClientError(407, "proxy credentials refused", challenge, login="wrong")
+        raise ClientError(407, "proxy authentication required", challenge, login="missing")
 
     async def established(self) -> ByteStream:
         """Answer 200 to a CONNECT; the client stream, early bytes first."""

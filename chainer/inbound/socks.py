@@ -64,6 +64,7 @@ class Socks5Inbound:
     stream: ByteStream
     users: Mapping[str, str]
     codec: Socks5Server
+    _refusal: bytes = b""  # a login's refusal, sent by reject() (after any slowing down)
 
     async def read_request(self) -> Request:
         user: str | None = None
@@ -78,9 +79,12 @@ class Socks5Inbound:
                 await self.stream.send(event.data)
             elif isinstance(event, Credentials):
                 user = check_user(self.users, event.username, event.password)
-                await self.stream.send(self.codec.auth_result(user is not None))
+                if user is None:
+                    self._refusal = self.codec.auth_result(False)
+                    raise ClientError(407, "SOCKS5: username/password refused", login="wrong")
+                await self.stream.send(self.codec.auth_result(True))
             elif isinstance(event, Failed):
-                raise ClientError(407, f"SOCKS5: {event.reason}")
+                raise ClientError(407, f"SOCKS5: {event.reason}", login="missing")
             elif isinstance(event, BadRequest):
                 await self.stream.send(self.codec.reply(event.reply_code))
                 raise ClientError(400, f"SOCKS5: {event.reason}")
@@ -96,7 +100,10 @@ class Socks5Inbound:
                 return Request("connect", target, user=user)
 
     async def reject(self, error: ClientError) -> None:
-        """Answers that are due were sent as the handshake went; the connection closes."""
+        """A refused login is answered now; other answers that were due were sent as the
+        handshake went. The connection closes."""
+        if self._refusal:
+            await send_quietly(self.stream, self._refusal)
 
     async def refuse(self, failure: Failure) -> None:
         await send_quietly(self.stream, self.codec.reply(failure.socks5_reply))

@@ -48,6 +48,7 @@ from .closewatch import watch_for_close
 from .listeners import Door, Occupancy
 from .logs import ConnRecord, conn_id
 from .metrics import Metrics
+from .throttle import LoginThrottle
 from .tunnels import Tunnels
 
 log = logging.getLogger("chainer")
@@ -64,6 +65,7 @@ class Shared:
     tunnels: Tunnels
     occupancy: Occupancy  # entered by the accept loop, left here when the connection ends
     ids: Iterator[int]
+    logins: LoginThrottle
 
 
 async def handle(shared: Shared, client: SockStream, door: Door, peer: tuple[str, int]) -> None:
@@ -118,6 +120,7 @@ class Connection:
         conn, tls = self.record, self.door.tls
         stream: ByteStream = self.client
         inbound: Inbound | None = None
+        refused: ClientError | None = None
         limits = self.shared.router().config.limits
         with anyio.move_on_after(limits.client_timeout) as scope:
             first = await _receive_some(stream)
@@ -147,9 +150,19 @@ class Connection:
             try:
                 request = await inbound.read_request()
             except ClientError as exc:
-                conn.outcome, conn.error = "bad_request", exc.message
-                await inbound.reject(exc)
-                return
+                refused = exc
+            else:
+                if request.user is not None:
+                    self.shared.logins.succeeded(self.peer_host)
+        if refused is not None:
+            assert inbound is not None
+            conn.outcome, conn.error = _CLIENT_OUTCOMES[refused.login], refused.message
+            if refused.login == "wrong":
+                # Past a few failures from this address, the refusal waits (throttle.py);
+                # outside the client_timeout scope, so it is still the refusal that is sent.
+                await anyio.sleep(self.shared.logins.failed(self.peer_host))
+            await inbound.reject(refused)
+            return
         if scope.cancelled_caught:
             conn.outcome, conn.error = "client_timeout", "no complete request in time"
             if inbound is not None:
@@ -273,6 +286,9 @@ async def _receive_some(stream: ByteStream) -> bytes:
     except anyio.EndOfStream:
         raise ClientGone() from None
     return data
+
+
+_CLIENT_OUTCOMES = {None: "bad_request", "missing": "auth_required", "wrong": "auth_failed"}
 
 
 def _route_and_via(router: Router, request: Request) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from ..text import plural
 from .connection import Shared, handle
 from .listeners import Occupancy, accept, address, bind
 from .metrics import Metrics
+from .throttle import LoginThrottle
 from .tunnels import Tunnels
 
 log = logging.getLogger("chainer")
@@ -46,6 +47,7 @@ class Server:
         self.relay = relay if relay is not None else RelayOptions()
         self.occupancy = Occupancy(lambda: self.router.config.limits)
         self._ids = itertools.count(1)
+        self.logins = LoginThrottle()
         self._stopping = anyio.Event()
         self.stopped = anyio.Event()  # set once serve() has returned
         # The listeners actually served (a reload cannot change them): what a reloaded
@@ -121,6 +123,7 @@ class Server:
                     tunnels,
                     self.occupancy,
                     self._ids,
+                    self.logins,
                 )
                 connect = functools.partial(handle, shared)
                 async with anyio.create_task_group() as connections:

@@ -345,12 +345,15 @@ def _release_etc_netns() -> None:
     ETC_NETNS_MARKER.unlink(missing_ok=True)
 
 
-def _write_etc(ns: str, hosts_extra: str = "") -> None:
+NO_DNS = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"  # nothing listens there
+
+
+def _write_etc(ns: str, hosts_extra: str = "", resolv_conf: str = NO_DNS) -> None:
     _claim_etc_netns()
     directory = ETC_NETNS / ns
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "hosts").write_text(f"127.0.0.1\tlocalhost\n{hosts_extra}")
-    (directory / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    (directory / "resolv.conf").write_text(resolv_conf)
     # Without this a host whose nsswitch says `resolve` or `mdns` would answer from
     # outside the namespace (those talk over unix sockets, which no netns isolates).
     if Path("/etc/nsswitch.conf").exists():
@@ -527,6 +530,36 @@ def _build(ip: str, net: SegmentedNetwork) -> Iterator[SegmentedNetwork]:
         problems = _teardown(ip, created)
     if problems:
         raise RuntimeError("segmented network teardown: " + "; ".join(problems))
+
+
+@contextlib.contextmanager
+def lone_namespace(resolv_conf: str = NO_DNS, hosts_extra: str = "") -> Iterator[str]:
+    """One namespace with only `lo` (up), the given resolv.conf and hosts; its name.
+    Torn down on exit. Skips (fails under CHAINER_CI) like segmented_network."""
+    ci.check_marked("netns", "network namespaces")
+    if os.geteuid() != 0:
+        _unavailable("not root")
+    try:
+        ip = _ip()
+    except NetnsUnavailable as exc:
+        _unavailable(str(exc))
+    ns = f"{_new_tag()}-lone"
+    _write_etc(ns, hosts_extra, resolv_conf)
+    created: list[str] = []
+    with _sigterm_unwinds():
+        try:
+            try:
+                _run([ip, "netns", "add", ns])
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
+                _unavailable(str(exc))
+            created.append(ns)
+            _configure_namespace(ip, ns)
+            yield ns
+        finally:
+            problems = _teardown(ip, created)
+    if problems:
+        raise RuntimeError("namespace teardown: " + "; ".join(problems))
 
 
 @pytest.fixture(scope="module", name="segmented_network")

@@ -31,6 +31,7 @@ from ..proto.http import (
 from ..proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, Socks5Client
 from ..relay.streams import with_prefix
 from ..text import READ_SIZE, printable
+from .resolve import SYSTEM
 
 __all__ = ["ask", "http_connect", "socks4_connect", "socks5_connect"]
 
@@ -77,7 +78,7 @@ async def socks4_connect(stream: ByteStream, proxy: Proxy, target: Address) -> B
 async def _resolve_ipv4(host: str) -> str:
     """`resolve: local` on a socks4 hop: the one place a chain resolves a name here."""
     try:
-        infos = await anyio.getaddrinfo(host, None, family=socket.AF_INET)
+        infos = await SYSTEM.getaddrinfo(host, None, family=socket.AF_INET)
     except OSError as exc:
         raise HopAnswer("failed", 0, f"cannot resolve {host} locally: {exc}") from None
     return str(infos[0][4][0])

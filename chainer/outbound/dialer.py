@@ -49,6 +49,7 @@ from ..models import Address, Proxy, Timeouts, Via
 from . import steps
 from .blame import DeadlineExceeded, NoneReached, Where, blame
 from .health import Health, Trial
+from .resolve import SYSTEM, Resolver
 from .steps import Deadline, Forward, HopTrace, close_now
 from .tcp import Screen
 
@@ -134,11 +135,17 @@ class _Link:
 
 class Dialer:
     def __init__(
-        self, defaults: Timeouts, health: Health | None = None, *, max_attempts: int = MAX_ATTEMPTS
+        self,
+        defaults: Timeouts,
+        health: Health | None = None,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        resolver: Resolver = SYSTEM,
     ) -> None:
         self.defaults = defaults
         self.health = health or Health()
         self.max_attempts = max_attempts
+        self.resolver = resolver
 
     async def dial(
         self,
@@ -193,7 +200,9 @@ class Dialer:
     async def _direct(self, run: _Run, screen: Screen | None, trace: list[HopTrace]) -> ByteStream:
         started = anyio.current_time()
         with run.recording():
-            stream = await steps.direct(run.target, screen, self.defaults.connect, run.deadline)
+            stream = await steps.direct(
+                run.target, screen, self.defaults.connect, run.deadline, self.resolver
+            )
         trace.append(HopTrace(0, "direct", anyio.current_time() - started))
         return stream
 
@@ -299,7 +308,9 @@ class Dialer:
             started = anyio.current_time()
             try:
                 with run.recording():
-                    stream = await steps.reach(prev, path, candidate, run.deadline, reused=reused)
+                    stream = await steps.reach(
+                        prev, path, candidate, run.deadline, reused=reused, resolver=self.resolver
+                    )
             except steps.Stale:
                 continue  # nothing learnt: ask again on a new connection, charging no one
             except steps.Survived as exc:
@@ -331,7 +342,7 @@ class Dialer:
         """Reach the same nodes again after a failure cost us the connection. A failure
         here is charged like any other (and unwinds to the position at fault)."""
         with run.recording():
-            return await steps.reach_path(path, run.deadline)
+            return await steps.reach_path(path, run.deadline, resolver=self.resolver)
 
 
 def _previous_answered(error: HopError, pos: int) -> bool:

@@ -31,6 +31,7 @@ from ..errors import ChainFailed, HopAnswer, HopError
 from ..models import Address, Proxy
 from . import connectors, tcp
 from .blame import DeadlineExceeded, Expired, Where, blame, expired, lost_kept_connection
+from .resolve import SYSTEM, Resolver
 
 __all__ = [
     "Deadline",
@@ -135,12 +136,16 @@ async def _translated(limits: Sequence[Limit], where: Where, fn: Callable[[], Aw
 
 
 async def direct(
-    target: Address, screen: tcp.Screen | None, connect: float, deadline: Deadline
+    target: Address,
+    screen: tcp.Screen | None,
+    connect: float,
+    deadline: Deadline,
+    resolver: Resolver = SYSTEM,
 ) -> ByteStream:
     """TCP to the destination itself (a `direct` route), within `connect` seconds."""
     where = Where(0, "direct", "connect", str(target))
     limits = [Limit(anyio.current_time() + connect, Expired(connect), where), deadline.limit(where)]
-    return await _translated(limits, where, lambda: tcp.open_direct(target, screen))
+    return await _translated(limits, where, lambda: tcp.open_direct(target, screen, resolver))
 
 
 async def reach(
@@ -150,6 +155,7 @@ async def reach(
     deadline: Deadline,
     *,
     reused: bool = False,
+    resolver: Resolver = SYSTEM,
 ) -> ByteStream:
     """A stream to `proxy`, ready for its request: TCP for hop 1, else a request to
     path[-1] over `prev` (kept from a failed request when `reused`); then TLS for an https
@@ -164,7 +170,9 @@ async def reach(
     try:
         if not path:
             stream = await _translated(
-                [reach_limit, deadline.limit(blamed)], blamed, lambda: tcp.open_tcp(proxy.address)
+                [reach_limit, deadline.limit(blamed)],
+                blamed,
+                lambda: tcp.open_tcp(proxy.address, resolver),
             )
         else:
             assert prev is not None
@@ -256,7 +264,10 @@ async def _ask(
 
 
 async def reach_path(
-    path: Sequence[Proxy], deadline: Deadline, trace: list[HopTrace] | None = None
+    path: Sequence[Proxy],
+    deadline: Deadline,
+    trace: list[HopTrace] | None = None,
+    resolver: Resolver = SYSTEM,
 ) -> ByteStream:
     """Reach every node of `path` in order, hop 1 directly and each next one through the
     ones before, appending to `trace` as each is reached. No failover: the first failure
@@ -265,7 +276,7 @@ async def reach_path(
     for pos, proxy in enumerate(path):
         started = anyio.current_time()
         try:
-            stream = await reach(stream, path[:pos], proxy, deadline)
+            stream = await reach(stream, path[:pos], proxy, deadline, resolver=resolver)
         except Survived as exc:
             await close_now(exc.stream)
             raise exc.error from None

@@ -9,7 +9,6 @@ table to translate once.
 from __future__ import annotations
 
 import functools
-import socket
 import ssl
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ from anyio.abc import ByteStream
 from ..models import Address, Proxy
 from ..relay.sockstream import connect_ip
 from ..relay.tls import TLSLeg
+from .resolve import SYSTEM, Resolver
 
 __all__ = ["HAPPY_EYEBALLS_DELAY", "Screen", "open_direct", "open_tcp", "start_tls"]
 
@@ -26,23 +26,25 @@ Screen = Callable[[str, int], None]  # vets one resolved address: raises to refu
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended connection attempt delay
 
 
-async def open_tcp(address: Address) -> ByteStream:
+async def open_tcp(address: Address, resolver: Resolver = SYSTEM) -> ByteStream:
     """TCP to an address; a name is resolved here and its addresses raced (happy
     eyeballs, RFC 8305)."""
     if address.is_ip:
         return await connect_ip(address.host, address.port)
-    infos = await anyio.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    infos = await resolver.getaddrinfo(address.host, address.port)
     return await _race(_interleave([str(info[4][0]) for info in infos]), address.port)
 
 
-async def open_direct(address: Address, screen: Screen | None) -> ByteStream:
+async def open_direct(
+    address: Address, screen: Screen | None, resolver: Resolver = SYSTEM
+) -> ByteStream:
     """TCP to a destination for a `direct` route. A name is resolved here and every
     address it gives is passed through `screen` (which raises to refuse one), so that
     policy applies to where the connection really goes; the allowed addresses are raced
     happy-eyeballs style."""
     if screen is None or address.is_ip:
-        return await open_tcp(address)
-    infos = await anyio.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+        return await open_tcp(address, resolver)
+    infos = await resolver.getaddrinfo(address.host, address.port)
     ips = _interleave([str(info[4][0]) for info in infos])
     allowed: list[str] = []
     refusal: Exception | None = None

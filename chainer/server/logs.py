@@ -18,6 +18,7 @@ from typing import Any
 
 from ..models import Address
 from ..outbound.dialer import HopTrace
+from ..text import printable
 
 conn_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("conn_id", default=None)
 access_log = logging.getLogger("chainer.access")
@@ -91,10 +92,12 @@ class ConnRecord:
             f"duration={time.monotonic() - self.started:.3f}s",
             f"outcome={self.outcome}",
         ]
+        # Error texts may quote what a client or an upstream sent: never a raw control
+        # character (a newline would forge a log line), never an unescaped quote.
         if self.error:
-            parts.append(f'error="{self.error}"')
+            parts.append(f'error="{_quoted(self.error)}"')
         if self.failovers:
-            parts.append(f'failovers="{self.failovers}"')
+            parts.append(f'failovers="{_quoted(self.failovers)}"')
         return " ".join(parts)
 
     def log(self) -> None:
@@ -104,6 +107,10 @@ class ConnRecord:
         level = logging.DEBUG if quiet else logging.INFO
         if access_log.isEnabledFor(level):  # don't build the line for nobody
             access_log.log(level, "%s", self.line(), extra={"fields": self.fields()})
+
+
+def _quoted(text: str) -> str:
+    return printable(text).replace('"', "'")
 
 
 class _ConnFilter(logging.Filter):

@@ -1602,10 +1602,13 @@ async def test_a_malformed_request_chunk_is_one_log_line_not_a_traceback(
 
 
 async def test_per_client_limit_turns_away_one_address_only(tmp_path: Path) -> None:
+    """On a listener other machines can reach, one address may hold per_client tunnels;
+    the next from it gets 503, another address is not affected."""
     async with task_group() as tg:
         echo = await start_echo(tg)
-        text = table(top="limits: {per_client: 2}")
-        async with running_chainer(text, tmp_path) as bound:
+        listen = "\n  - address: 0.0.0.0:0\n    allow: [127.0.0.0/8]"
+        top = f"limits: {{per_client: 2}}\nallow_local: ['{LOOPBACK}:{echo.port}']"
+        async with running_chainer(table(listen=listen, top=top), tmp_path) as bound:
             port = bound[0][1]
             held = []
             for _ in range(2):  # two tunnels held open from 127.0.0.1
@@ -1624,3 +1627,14 @@ async def test_per_client_limit_turns_away_one_address_only(tmp_path: Path) -> N
             for s in held:
                 await s.aclose()
             await assert_still_serves(port, echo.port, within=2)
+
+
+async def test_per_client_does_not_limit_a_loopback_listener(tmp_path: Path) -> None:
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        async with running_chainer(table(top="limits: {per_client: 1}"), tmp_path) as bound:
+            port = bound[0][1]
+            async with await anyio.connect_tcp(LOOPBACK, port) as first:
+                await first.send(connect_request(f"{LOOPBACK}:{echo.port}"))
+                assert (await first.receive()).startswith(b"HTTP/1.1 200 ")
+                await assert_still_serves(port, echo.port)  # a second one from here

@@ -69,12 +69,14 @@ class Occupancy:
         self._per_client: dict[str, int] = {}
         self._empty = anyio.Event()
 
-    def refusal(self, client: str) -> str | None:
-        """Why a new connection from `client` is turned away now; None: it is let in."""
+    def refusal(self, client: str, exposed: bool) -> str | None:
+        """Why a new connection from `client` is turned away now; None: it is let in.
+        The per-client limit holds on listeners other machines can reach: on a loopback
+        listener every client is this machine (one browser may open hundreds)."""
         limits = self._limits()
         if self.count >= limits.max_connections:
             return "too many connections; try again later"
-        if self._per_client.get(client, 0) >= limits.per_client:
+        if exposed and self._per_client.get(client, 0) >= limits.per_client:
             return "too many connections from your address; try again later"
         return None
 
@@ -156,7 +158,7 @@ async def accept(
                 log.info("accepting again")
                 failing = False
             peer = peer_of(client)
-            refusal = occupancy.refusal(peer[0])
+            refusal = occupancy.refusal(peer[0], not listener.loopback)
             if refusal is not None:
                 connections.start_soon(_turn_away, client, refusal)
                 continue

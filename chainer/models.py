@@ -204,7 +204,7 @@ class Limits:
     # Upstream connections and requests one client request may cost, every hop, failover,
     # rebuild and fallback included (haproxy retries 3 times).
     max_attempts: int = 8
-    per_client: int = 256  # concurrent connections from one client address; 503 above it
+    per_client: int = 256  # concurrent per client address on exposed listeners; 503 above
     # A client that has closed its side keeps its tunnel (and its slot) at most this long
     # while the other direction finishes (haproxy's `timeout client-fin`).
     client_fin: float = 30.0

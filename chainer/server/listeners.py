@@ -17,6 +17,7 @@ throttle all see the real client.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -181,12 +182,15 @@ async def accept(
             connections.start_soon(handle, client, door, peer)
 
 
+_UNSEEN = ("0.0.0.0", 0)
+
+
 def peer_of(client: SockStream) -> tuple[str, int]:
     """The client's IP address and port; ("0.0.0.0", 0) when it reset before we asked."""
     try:
         peer = client.sock.getpeername()
     except OSError:
-        return ("0.0.0.0", 0)
+        return _UNSEEN
     return str(peer[0]), int(peer[1])
 
 
@@ -214,6 +218,9 @@ async def _admit_proxied(
     """A connection on a proxy_protocol listener: from a known balancer, with a header,
     or closed; then counted and served as the client the header names."""
     where = door.listener.address
+    if balancer == _UNSEEN:  # reset before it was seen (a balancer's health check does)
+        await anyio.aclose_forcefully(client)
+        return
     if not _within(balancer[0], door.balancers):
         log.info("%s: %s is not in proxy_protocol_from: closed", where, Address(*balancer))
         await anyio.aclose_forcefully(client)
@@ -230,12 +237,19 @@ async def _admit_proxied(
         anyio.ClosedResourceError,
     ) as exc:
         reason = str(exc) or type(exc).__name__
-        log.info(
-            "%s: %s sent no valid PROXY header (%s): closed", where, Address(*balancer), reason
-        )
+        # A bare TCP connect (a port probe, a balancer's plain health check): debug only.
+        level = logging.DEBUG if "after 0 bytes" in reason else logging.INFO
+        message = "%s: %s sent no valid PROXY header (%s): closed"
+        log.log(level, message, where, Address(*balancer), reason)
         await anyio.aclose_forcefully(client)
         return
-    peer = balancer if header.source is None else _plain(header.source)
+    peer = balancer
+    if header.source is not None:
+        peer = _plain(header.source)
+    else:
+        # LOCAL (a health check) or an unnamed client: the balancer speaks for itself.
+        # It may name any client it likes anyway, so `allow:` does not stop it here.
+        door = dataclasses.replace(door, allow=())
     # The clients are whoever the balancer names, other machines: per_client holds even
     # on a loopback listener.
     refusal = occupancy.refusal(peer[0], True)

@@ -5,14 +5,18 @@ source address, and waiting (bounded) for a line in a log file."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from realproxies import ManagedProcess, free_port, start_process
 
@@ -41,6 +45,91 @@ class _EchoServer(socketserver.ThreadingTCPServer):
 def run_echo() -> Iterator[int]:
     """An echo origin on 127.0.0.1 in a thread; yields its port."""
     server = _EchoServer((LOOPBACK, 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+class _GitHandler(BaseHTTPRequestHandler):
+    """git's smart HTTP protocol: each request runs `git http-backend` as a CGI."""
+
+    protocol_version = "HTTP/1.0"
+    root = ""
+    timeout = 20
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._cgi(b"")
+
+    def do_POST(self) -> None:
+        self._cgi(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+    def _cgi(self, body: bytes) -> None:
+        path, _, query = self.path.partition("?")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": self.root,
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "REQUEST_METHOD": self.command,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            "REMOTE_ADDR": self.client_address[0],
+        }
+        done = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=20
+        )
+        head, _, payload = done.stdout.partition(b"\r\n\r\n")
+        status = 200
+        headers = []
+        for line in head.split(b"\r\n"):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def make_repo(root: Path) -> str:
+    """A bare repository `root/repo.git` with one commit on `main`; its commit id."""
+    work = root / "work"
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(root)}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main", str(work)], check=True, env=env)
+    (work / "README").write_text("hello\n")
+    subprocess.run([*git, "-C", str(work), "add", "README"], check=True, env=env)
+    subprocess.run([*git, "-C", str(work), "commit", "-qm", "one"], check=True, env=env)
+    subprocess.run(
+        [*git, "clone", "-q", "--bare", str(work), str(root / "repo.git")], check=True, env=env
+    )
+    head = subprocess.run(
+        ["git", "-C", str(work), "rev-parse", "HEAD"], check=True, env=env, capture_output=True
+    )
+    return head.stdout.decode().strip()
+
+
+@contextlib.contextmanager
+def run_git_http(root: Path) -> Iterator[int]:
+    """A smart-HTTP git origin for the repositories under `root`; yields its port."""
+    handler = type("GitHandler", (_GitHandler,), {"root": str(root)})
+    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.daemon = True
     thread.start()
@@ -125,8 +214,10 @@ __all__ = [
     "echo_through",
     "free_port",
     "log_lines",
+    "make_repo",
     "open_tunnel",
     "run_echo",
+    "run_git_http",
     "serve_chainer",
     "wait_for",
 ]

@@ -9,8 +9,8 @@ respected, exactly as `RouteTable.match`), and a destination that `deny:`,
 `allow_ports:` and chainer's own listener addresses do not stop. Whatever the script
 cannot decide exactly sends the request to chainer: an unknown pattern kind (a future
 one), a `re:` pattern outside the subset whose meaning is the same in RE2 and
-JavaScript (or any regex on an IPv6 literal, whose text form would need spelling as
-Python does), a host chainer would refuse as malformed.
+JavaScript, a host chainer would refuse as malformed. Regexes see the host as chainer
+writes it (an IPv6 literal compressed as Python's `ipaddress` spells it).
 
 The script never makes the browser resolve a name: it calls none of the PAC helpers
 (`dnsResolve`, `isInNet`, `myIpAddress`, ...). IP ranges are matched by parsing the host
@@ -209,7 +209,6 @@ function chainerMatch(p, dest, port) {
     case "net":
       return dest.ip !== null && chainerInNet(dest.ip, p[1], p[2], p[3]);
     case "re":
-      if (dest.ip !== null && dest.ip[0] === 6) return null;
       try {
         return new RegExp(p[1]).test(h);
       } catch (e) {
@@ -294,7 +293,7 @@ function chainerHost(host) {
     }
   }
   if (ip !== null) {
-    return {name: ip[0] === 4 ? ip[1].join(".") : h, ip: ip};
+    return {name: ip[0] === 4 ? ip[1].join(".") : chainerIpv6Text(ip[1]), ip: ip};
   }
   if (h.charAt(h.length - 1) === ".") h = h.substring(0, h.length - 1);
   if (h.length === 0 || h.length > 253) return null;
@@ -349,6 +348,26 @@ function chainerIpv6(h) {
     return null;
   }
   return [6, words];
+}
+
+// As Python's ipaddress writes it: hex without leading zeros, the first longest run of
+// two or more zero groups as "::".
+function chainerIpv6Text(words) {
+  var best = -1, bestLen = 0, start = -1;
+  for (var i = 0; i <= 8; i++) {
+    if (i < 8 && words[i] === 0) {
+      if (start < 0) start = i;
+    } else if (start >= 0) {
+      if (i - start > bestLen) { best = start; bestLen = i - start; }
+      start = -1;
+    }
+  }
+  var parts = [];
+  for (var j = 0; j < 8; j++) parts.push(words[j].toString(16));
+  if (bestLen < 2) return parts.join(":");
+  var head = parts.slice(0, best).join(":");
+  var tail = parts.slice(best + bestLen).join(":");
+  return head + "::" + tail;
 }
 
 function chainerGroups(text) {

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import select
+import shutil
 import subprocess
 import tempfile
 import time
@@ -63,10 +65,14 @@ class Browser:
     def __enter__(self) -> Browser:
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-        # The shell puts our pipe ends at fds 3 and 4, where Chromium looks for them.
+        # Chromium's ends move above fd 4 first: were one of them 3 or 4 already, the
+        # shell's redirections below could overwrite it before using it.
+        to_chrome_r, from_chrome_w = (_above_4(fd) for fd in (to_chrome_r, from_chrome_w))
+        # bash (dash takes one-digit fds only) puts the pipe ends at fds 3 and 4, where
+        # Chromium looks for them.
         script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}'
         argv = [
-            "/bin/sh",
+            shutil.which("bash") or "/bin/bash",
             "-c",
             script,
             self.exe,
@@ -102,10 +108,7 @@ class Browser:
         for fd in (self._to_chrome, self._from_chrome):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        with contextlib.suppress(OSError):
-            import shutil
-
-            shutil.rmtree(self.profile, ignore_errors=True)
+        shutil.rmtree(self.profile, ignore_errors=True)
 
     # -- the protocol --------------------------------------------------------------
 
@@ -187,6 +190,12 @@ class Browser:
         )["data"]  # fmt: skip
         path.write_bytes(base64.b64decode(data))
         return path
+
+
+def _above_4(fd: int) -> int:
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return moved
 
 
 def run_chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -468,3 +468,21 @@ async def test_chromium_reaches_a_page_through_the_pac(
     lines = [r.getMessage() for r in caplog.records if r.name == "chainer.access"]
     through = [x for x in lines if f"dest=origin.test:{plain_origin.port} route=routes[0]" in x]
     assert [x for x in through if "via=hop" in x and "outcome=ok" in x], lines
+
+
+@pytest.mark.anyio
+async def test_no_listener_to_name_is_a_404() -> None:
+    config = parse_config(
+        "admin: 127.0.0.1:0\nroutes:\n  - {match: '*', via: direct}\n", "routes.yaml"
+    )
+    assert config.admin is not None
+    view = AdminView(
+        lambda: config,
+        lambda: Router(config).dialer.health,
+        Server(Router(config)).metrics.registry,
+    )
+    async with anyio.create_task_group() as tg:
+        admin = await tg.start(serve_admin, config.admin, view)
+        status, _, body = await anyio.to_thread.run_sync(get, admin[1], "/proxy.pac", "127.0.0.1")
+        tg.cancel_scope.cancel()
+    assert (status, body) == (404, "no listener to name\n")

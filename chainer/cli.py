@@ -325,7 +325,13 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
             _error(f"cannot write the log {log_file}: {exc.strerror or exc}")
             return EXIT_USAGE
     run = functools.partial(
-        run_command, argv, dict(os.environ), config=config, via=via, relay=_relay_options()
+        run_command,
+        argv,
+        dict(os.environ),
+        config=config,
+        via=via,
+        relay=_relay_options(),
+        foreground=_in_terminal_foreground(),
     )
     status = EXIT_RUNTIME
     try:
@@ -342,6 +348,14 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
     except* KeyboardInterrupt:  # before CMD started (after, signals go to CMD)
         status = 128 + signal.SIGINT
     return status
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether this process group is the foreground of the terminal on stdin."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # no terminal, or stdin closed
+        return False
 
 
 def _env(config: Config | None, via_text: str | None) -> int:

@@ -361,3 +361,44 @@ def test_env_refuses_what_it_cannot_name(tmp_path: Path) -> None:
     assert "export https_proxy=http://alice:pw@127.0.0.1:3128\n" in done.stdout
     for name in PROXY_NAMES:
         assert f"export {name.upper()}=" in done.stdout
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("foreground", "status"), [(False, 3), (True, 4)])
+async def test_a_terminal_foreground_keeps_ctrl_c_from_arriving_twice(
+    tmp_path: Path, foreground: bool, status: int
+) -> None:
+    """In a terminal's foreground the terminal itself sends INT to CMD: chainer does
+    not send it again. TERM is passed on either way."""
+    import anyio
+
+    from chainer.ops.run import run_command
+
+    ready = tmp_path / "ready"
+    script = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *a: sys.exit(3))\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(4))\n"
+        f"pathlib.Path({str(ready)!r}).write_text('ready')\n"
+        "time.sleep(20)\n"
+    )
+    via = parse_via("127.0.0.1:9")  # nothing is contacted
+
+    async def signal_when_ready() -> None:
+        for _ in range(1000):  # 20 s at most
+            if ready.exists():
+                break
+            await anyio.sleep(0.02)
+        # Both reach this process (chainer) while run_command listens: once it returns,
+        # this task is cancelled before a late TERM could reach pytest itself.
+        os.kill(os.getpid(), signal.SIGINT)
+        await anyio.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(signal_when_ready)
+        got = await run_command(
+            [sys.executable, "-c", script], child_env(), via=via, foreground=foreground
+        )
+        tg.cancel_scope.cancel()
+    assert got == status

@@ -7,10 +7,12 @@ Once it listens, CMD starts with the proxy variables pointing at it (`proxy_vari
 and chainer's own stdin, stdout and stderr, in chainer's process group (so a terminal's
 Ctrl-C and job control reach it as usual). The signals chainer itself receives (HUP,
 INT, QUIT, TERM, USR1, USR2, WINCH) are passed on to CMD, which decides what they mean;
-chainer keeps routing until CMD has ended. Then the router stops at once, closing
-whatever tunnels CMD left open, and chainer exits with CMD's status — 128+N when CMD was
-killed by signal N, as a shell reports it. With `--via URL` a running instance is used
-and nothing is started here.
+chainer keeps routing until CMD has ended. Only when both run in a terminal's
+foreground are INT, QUIT and WINCH not passed on: the terminal sends those to the
+whole group, so CMD has them already, and a second Ctrl-C could cut its clean-up short.
+When CMD ends, the router stops at once, closing whatever tunnels CMD left open, and
+chainer exits with CMD's status — 128+N when CMD was killed by signal N, as a shell
+reports it. With `--via URL` a running instance is used and nothing is started here.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "run_command",
 ]
 
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH)
 FORWARDED_SIGNALS = (
     signal.SIGHUP,
     signal.SIGINT,
@@ -138,11 +141,16 @@ async def run_command(
     config: Config | None = None,
     via: ProxyEndpoint | None = None,
     relay: RelayOptions | None = None,
+    foreground: bool = False,
 ) -> int:
     """Run `argv` through `via`, or through `config` served here; CMD's exit status.
-    OSError from starting CMD (not found, not executable) passes through."""
+    `foreground`: chainer is in its terminal's foreground process group (the terminal
+    delivers INT, QUIT and WINCH to CMD itself). OSError from starting CMD (not found,
+    not executable) passes through."""
+    skip = TERMINAL_SIGNALS if foreground else ()
     if via is not None:
-        return await _run_child(argv, child_environment(base_env, proxy_variables(via)))
+        env = child_environment(base_env, proxy_variables(via))
+        return await _run_child(argv, env, skip)
     assert config is not None
     own = Listener(Address("127.0.0.1", 0))
     config = dataclasses.replace(config, listeners=(own,), admin=None)
@@ -152,13 +160,13 @@ async def run_command(
         endpoint = ProxyEndpoint("http", Address(*bound[0]))
         env = child_environment(base_env, proxy_variables(endpoint))
         try:
-            status = await _run_child(argv, env)
+            status = await _run_child(argv, env, skip)
         finally:
             tg.cancel_scope.cancel()  # CMD is done: so is its router
     return status
 
 
-async def _run_child(argv: Sequence[str], env: Mapping[str, str]) -> int:
+async def _run_child(argv: Sequence[str], env: Mapping[str, str], skip: Sequence[int] = ()) -> int:
     # Signals are caught before CMD exists, so none can end chainer and orphan CMD.
     with anyio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
         # Leaving this block waits for CMD; only if chainer itself fails first is CMD
@@ -170,7 +178,8 @@ async def _run_child(argv: Sequence[str], env: Mapping[str, str]) -> int:
 
                 async def forward() -> None:
                     async for signum in signals:
-                        _send(process, signum)
+                        if signum not in skip:
+                            _send(process, signum)
 
                 tg.start_soon(forward)
                 code = await process.wait()

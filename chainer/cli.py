@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -40,6 +41,10 @@ examples:
   chainer check lab --target db.lab.corp.example:5432
                                          probe chain "lab" hop by hop
   chainer demo                           a chained topology in one process
+  chainer run -- curl https://example.com/
+                                         one command through the route table
+  eval "$(chainer env)"                  this shell through a running chainer
+  chainer pac > proxy.pac                a PAC file for browsers
 """
 
 
@@ -105,6 +110,37 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
     sub.add_parser("demo", help="a local chained topology in one process, and its trace")
+
+    run = with_config(
+        sub.add_parser(
+            "run",
+            help="run one command with its traffic routed by the table",
+            usage="chainer run [-c routes.yaml] [--via URL] [--log-file F] -- CMD [ARG...]",
+        )
+    )
+    run.add_argument("--via", metavar="URL", help="use the chainer running at URL instead")
+    run.add_argument(
+        "--log-file",
+        help="the router's log (default: $XDG_STATE_HOME/chainer/run.log, "
+        "else ~/.local/state/chainer/run.log)",
+    )
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="text", choices=["text", "json"])
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+
+    env = with_config(
+        sub.add_parser("env", help='print export lines for a shell: eval "$(chainer env)"')
+    )
+    env.add_argument(
+        "--via", metavar="URL", help="the chainer to use (default: the config's first listener)"
+    )
+
+    pac = with_config(sub.add_parser("pac", help="print a PAC file generated from the table"))
+    pac.add_argument(
+        "--proxy",
+        metavar="HOST:PORT",
+        help="the address browsers reach chainer at (default: the first listener's)",
+    )
     return parser
 
 
@@ -131,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     if args.command == "demo":
         sys.exit(_demo())
+    if args.command in ("run", "env") and args.via:
+        sys.exit(_run(args, None) if args.command == "run" else _env(None, args.via))
     config = _load(args.config)
     if config is None:
         sys.exit(EXIT_USAGE)
@@ -146,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_explain(config, args.destination, args.live, args.json))
     if args.command == "check":
         sys.exit(_check(config, args.selector, args.target, args.json))
+    if args.command == "run":
+        sys.exit(_run(args, config))
+    if args.command == "env":
+        sys.exit(_env(config, None))
+    if args.command == "pac":
+        sys.exit(_pac(config, args.proxy))
     setup_logging(args.log_level, args.log_file, args.log_format)
     sys.exit(_run_server(config, args.grace, args.watch, _relay_options()))
 
@@ -246,3 +290,97 @@ def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
         else:
             found.append(exc)
     return found
+
+
+def _default_run_log() -> str:
+    """$XDG_STATE_HOME/chainer/run.log, else ~/.local/state/chainer/run.log."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state, "chainer", "run.log")
+
+
+def _run(args: argparse.Namespace, config: Config | None) -> int:
+    from .ops.run import parse_via, run_command
+
+    argv = list(args.cmd)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        _error("chainer run needs a command: chainer run [-c routes.yaml] -- CMD [ARG...]")
+        return EXIT_USAGE
+    via = None
+    if args.via:
+        try:
+            via = parse_via(args.via)
+        except BadTarget as exc:
+            _error(exc)
+            return EXIT_USAGE
+    else:
+        log_file = args.log_file or _default_run_log()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+            setup_logging(args.log_level, log_file, args.log_format)
+        except OSError as exc:
+            _error(f"cannot write the log {log_file}: {exc.strerror or exc}")
+            return EXIT_USAGE
+    run = functools.partial(
+        run_command,
+        argv,
+        dict(os.environ),
+        config=config,
+        via=via,
+        relay=_relay_options(),
+        foreground=_in_terminal_foreground(),
+    )
+    status = EXIT_RUNTIME
+    try:
+        status = anyio.run(run)
+    except* FileNotFoundError:
+        _error(f"{argv[0]}: command not found")
+        status = 127  # as a shell says it
+    except* PermissionError:
+        _error(f"{argv[0]}: permission denied")
+        status = 126
+    except* OSError as group:
+        for failure in _leaves(group):
+            _error(failure)
+    except* KeyboardInterrupt:  # before CMD started (after, signals go to CMD)
+        status = 128 + signal.SIGINT
+    return status
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether this process group is the foreground of the terminal on stdin."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # no terminal, or stdin closed
+        return False
+
+
+def _env(config: Config | None, via_text: str | None) -> int:
+    from .ops.run import export_lines, listener_endpoint, parse_via, proxy_variables
+
+    try:
+        if via_text:
+            endpoint = parse_via(via_text)
+        else:
+            assert config is not None
+            endpoint = listener_endpoint(config.listeners[0])
+    except BadTarget as exc:
+        _error(exc)
+        return EXIT_USAGE
+    print(export_lines(proxy_variables(endpoint)), end="")
+    return EXIT_OK
+
+
+def _pac(config: Config, proxy_text: str | None) -> int:
+    from .ops.pac import pac_for_config
+
+    try:
+        script = pac_for_config(config, proxy_text)
+    except BadTarget as exc:
+        _error(exc)
+        return EXIT_USAGE
+    print(script, end="")
+    return EXIT_OK

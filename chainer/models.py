@@ -175,6 +175,10 @@ class Listener:
     allow: tuple[str, ...] = ()  # CIDRs, as written
     line: int = 0
     open: bool = False  # a non-loopback listener with neither auth nor allow, on purpose
+    # Connections start with a PROXY protocol header (v1 or v2) naming the real client;
+    # accepted only from these balancers' ranges (CIDRs, as written).
+    proxy_protocol: bool = False
+    proxy_protocol_from: tuple[str, ...] = ()
 
     @property
     def loopback(self) -> bool:

@@ -13,9 +13,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..errors import BadTarget
 from ..models import Address, Admin, Listener, TLSFiles
 from ..routing.target import parse_authority
-from ._yaml import _is_null, _q, _Reader, _what
+from ._yaml import _Entries, _is_null, _q, _Reader, _what
 
-_LISTEN_KEYS = ("address", "tls", "auth", "allow", "open")
+_LISTEN_KEYS = ("address", "tls", "auth", "allow", "open", "proxy_protocol", "proxy_protocol_from")
 _ADMIN_KEYS = ("address", "auth", "open")
 
 _DEFAULT_LISTENER = Listener(Address("127.0.0.1", 8080))
@@ -73,11 +73,46 @@ class _Listeners(_Reader):
         is_open = False
         if "open" in entries:
             is_open = bool(self.flag(entries["open"][1], f"{path}.open"))
-        if address is None or not ok:
+        proxy_protocol, proxy_from = self.read_proxy_protocol(node, entries, path)
+        if address is None or not ok or proxy_from is None:
             return None
-        listener = Listener(address, tls, users or (), allow or (), line, is_open)
+        listener = Listener(
+            address, tls, users or (), allow or (), line, is_open, proxy_protocol, proxy_from
+        )
         self.check_exposure(listener, node, path)
         return listener
+
+    def read_proxy_protocol(
+        self, node: Node, entries: _Entries, path: str
+    ) -> tuple[bool, tuple[str, ...] | None]:
+        """`proxy_protocol: true` needs `proxy_protocol_from:` (who may name clients);
+        either without the other is an error. None: an error was reported."""
+        enabled: bool | None = False
+        if "proxy_protocol" in entries:
+            enabled = self.flag(entries["proxy_protocol"][1], f"{path}.proxy_protocol")
+            if enabled is None:  # reported
+                return False, None
+        if "proxy_protocol_from" not in entries:
+            if enabled:
+                self.error(
+                    node,
+                    f"{path}.proxy_protocol",
+                    "proxy_protocol: true needs proxy_protocol_from: [CIDR...] naming the "
+                    "load balancers allowed to send the header (anyone else could claim "
+                    "any client address)",
+                )
+                return False, None
+            return False, ()
+        from_node = entries["proxy_protocol_from"][1]
+        ranges = self.read_allow(from_node, f"{path}.proxy_protocol_from")
+        if ranges is not None and not enabled:
+            self.error(
+                from_node,
+                f"{path}.proxy_protocol_from",
+                "has no effect without proxy_protocol: true",
+            )
+            return False, None
+        return bool(enabled), ranges
 
     def read_admin(self, node: Node) -> Admin | None:
         """`admin: 127.0.0.1:9090`, or `{address, auth: {users|users_file}, open}`."""

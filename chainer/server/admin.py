@@ -1,4 +1,5 @@
-"""The operators' endpoint: /metrics /healthz /routes /hops on a port of its own.
+"""The operators' endpoint: /metrics /healthz /routes /hops /tunnels /proxy.pac and the
+live page (`/`, page.py) on a port of its own.
 
 Small on purpose. Each connection carries one request, parsed by h11 (GET or HEAD),
 answered with `Connection: close`. Answers are built from the config and health of this
@@ -12,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -23,11 +24,16 @@ import h11
 from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
+from ..errors import BadTarget
 from ..inbound import check_basic, error_response, first_byte_kind
-from ..models import Address, Admin, Config, HopGroup, Proxy, Via
+from ..models import Address, Admin, Config, HopGroup, Listener, Proxy, Via
 from ..outbound.health import Health
+from ..routing.pac import pac_script, proxy_directive
+from ..routing.target import parse_authority
 from ..text import READ_SIZE, cannot_listen
 from .metrics import exposition
+from .page import page_headers, page_html
+from .registry import TunnelInfo
 
 log = logging.getLogger("chainer.admin")
 
@@ -41,6 +47,8 @@ _LINGER_BYTES = 1 << 20
 
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
+_HTML = "text/html; charset=utf-8"
+_PAC = "application/x-ns-proxy-autoconfig"
 _METHODS = (b"GET", b"HEAD")
 
 
@@ -58,6 +66,10 @@ class AdminView:
     # Who may read it (Basic auth); empty: anyone who can reach it. /healthz is always
     # open, for load balancers.
     users: Callable[[], Mapping[str, str]] = lambda: {}
+    # The tunnels open now (/tunnels, the page).
+    tunnels: Callable[[], Sequence[TunnelInfo]] = lambda: ()
+    # Each listener served and its bound address: the one /proxy.pac names comes first.
+    listening: Callable[[], Sequence[tuple[Listener, tuple[str, int]]]] = lambda: ()
 
 
 # -- documents ----------------------------------------------------------------------------
@@ -105,6 +117,36 @@ def hops_json(health: Health) -> dict[str, Any]:
     }
 
 
+def tunnels_json(tunnels: Sequence[TunnelInfo]) -> dict[str, Any]:
+    """The open tunnels as `/tunnels` serves them, oldest first: client, destination,
+    route, via, hops used with their set-up time, bytes each way, age in seconds."""
+    return {"tunnels": [tunnel.json() for tunnel in tunnels]}
+
+
+_LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def pac_text(view: AdminView, request_host: str | None) -> str:
+    """/proxy.pac: the route table as a PAC file naming the first listener. A wildcard
+    listener is named by the host the browser reached this endpoint at (its Host
+    header, when that is a valid host), else loopback."""
+    config = view.config()
+    listening = list(view.listening())
+    if not listening:
+        raise LookupError("no listener to name")
+    listener, (host, port) = listening[0]
+    if host in _LOOPBACK_FOR:
+        host = _LOOPBACK_FOR[host]
+        if request_host:
+            try:
+                host = parse_authority(request_host, default_port=80).host
+            except BadTarget:
+                pass
+    directive = proxy_directive(Address(host, port), listener.tls is not None)
+    own = [address for _, address in listening]
+    return pac_script(config.routes, config.policy, directive, own, config.path)
+
+
 def _via_json(via: Via) -> dict[str, Any]:
     return {"kind": via.kind, "label": via.label, "hops": [_group_json(g) for g in via.hops]}
 
@@ -131,12 +173,22 @@ def _dump(document: dict[str, Any]) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
-_Endpoint = Callable[[AdminView], tuple[str, bytes]]
+def _host_header(request: h11.Request) -> str | None:
+    for name, value in request.headers:
+        if name == b"host":
+            return value.decode("ascii", "replace")
+    return None
+
+
+_Endpoint = Callable[[AdminView, h11.Request], tuple[str, bytes]]
 _ENDPOINTS: dict[str, _Endpoint] = {
-    "/metrics": lambda view: (CONTENT_TYPE_LATEST, exposition(view.registry)),
-    "/healthz": lambda view: (_TEXT, b"ok\n"),
-    "/routes": lambda view: (_JSON, _dump(routes_json(view.config()))),
-    "/hops": lambda view: (_JSON, _dump(hops_json(view.health()))),
+    "/": lambda view, _: (_HTML, page_html()),
+    "/metrics": lambda view, _: (CONTENT_TYPE_LATEST, exposition(view.registry)),
+    "/healthz": lambda view, _: (_TEXT, b"ok\n"),
+    "/routes": lambda view, _: (_JSON, _dump(routes_json(view.config()))),
+    "/hops": lambda view, _: (_JSON, _dump(hops_json(view.health()))),
+    "/tunnels": lambda view, _: (_JSON, _dump(tunnels_json(view.tunnels()))),
+    "/proxy.pac": lambda view, request: (_PAC, pac_text(view, _host_header(request)).encode()),
 }
 
 
@@ -241,10 +293,14 @@ def _answer(view: AdminView, conn: h11.Connection, request: h11.Request) -> byte
         extra.append(("Allow", "GET, HEAD"))
     else:
         try:
-            content_type, body = endpoint(view)
+            content_type, body = endpoint(view, request)
             status = 200
             if path == "/healthz" and view.draining():
                 status, body = 503, b"draining\n"
+            if content_type == _HTML:
+                extra.extend(page_headers())
+        except LookupError as exc:
+            status, content_type, body = 404, _TEXT, f"{exc}\n".encode()
         except Exception:
             log.exception("admin: %s failed", path)
             status, content_type, body = 500, _TEXT, b"internal error; see the server's log\n"
@@ -281,4 +337,4 @@ async def _linger(stream: ByteStream) -> None:
             pass
 
 
-__all__ = ["AdminView", "hops_json", "routes_json", "serve_admin"]
+__all__ = ["AdminView", "hops_json", "pac_text", "routes_json", "serve_admin", "tunnels_json"]

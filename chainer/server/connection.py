@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import ByteStream
@@ -48,6 +48,7 @@ from .closewatch import watch_for_close
 from .listeners import Door, Occupancy
 from .logs import ConnRecord, conn_id
 from .metrics import Metrics
+from .registry import Registry
 from .throttle import LoginThrottle
 from .tunnels import Tunnels
 
@@ -66,6 +67,7 @@ class Shared:
     occupancy: Occupancy  # entered by the accept loop, left here when the connection ends
     ids: Iterator[int]
     logins: LoginThrottle
+    registry: Registry = field(default_factory=Registry)  # open tunnels, for the admin
 
 
 async def handle(shared: Shared, client: SockStream, door: Door, peer: tuple[str, int]) -> None:
@@ -83,6 +85,7 @@ class Connection:
         self.record = ConnRecord(next(shared.ids), str(Address(self.peer_host, peer_port)))
         self.result: RelayResult | None = None  # while relaying: the bytes moved so far
         self.tls = False  # the client speaks TLS to us
+        self.spliced: Sequence[int] | None = None  # a spliced tunnel's live (up, down)
         self.half_closed_early = False  # the client ended its side before our answer
 
     async def run(self) -> None:
@@ -212,6 +215,7 @@ class Connection:
         for hop in dialed.trace:
             metrics.hop_setup(hop.name, hop.seconds)
         metrics.active.inc()
+        self.shared.registry.opened(self)
         try:
             await self._relay(inbound, request, dialed, router, match.route)
         finally:
@@ -245,8 +249,10 @@ class Connection:
         """What this task would have done at the end — the log line, the counters —
         happens when the tunnel ends (`_tunnel_ended`)."""
         tunnels = self.shared.tunnels
-        if await tunnels.hand_off(client, upstream, idle, self._tunnel_ended, client_fin):
+        tunnel = await tunnels.hand_off(client, upstream, idle, self._tunnel_ended, client_fin)
+        if tunnel is not None:
             self.record.handed_off = True
+            self.spliced = tunnel.count
         else:
             self.record.outcome, self.record.error = "closed_on_error", "shutting down"
 
@@ -273,8 +279,17 @@ class Connection:
         elif result.error:
             conn.outcome, conn.error = "closed_on_error", result.error
 
+    def traffic(self) -> tuple[int, int]:
+        """Bytes moved so far (up, down), whichever relay moves them."""
+        if self.result is not None:
+            return self.result.up, self.result.down
+        if self.spliced is not None:
+            return self.spliced[0], self.spliced[1]
+        return self.record.up, self.record.down
+
     def _ended(self) -> None:
         conn = self.record
+        self.shared.registry.closed(self)
         conn.log()
         self.shared.metrics.connection_done(conn.route, conn.outcome, conn.up, conn.down)
         self.shared.occupancy.leave(self.peer_host)

@@ -51,6 +51,8 @@ async def run_server(
                 registry=server.metrics.registry,
                 draining=lambda: server.draining,
                 users=admin_users,
+                tunnels=server.registry.snapshot,
+                listening=server.listening,
             )
             await tg.start(serve_admin, config.admin, view)
         await tg.start(server.serve)

@@ -23,6 +23,7 @@ from ..text import plural
 from .connection import Shared, handle
 from .listeners import Occupancy, accept, address, bind
 from .metrics import Metrics
+from .registry import Registry
 from .throttle import LoginThrottle
 from .tunnels import Tunnels
 
@@ -48,6 +49,7 @@ class Server:
         self.occupancy = Occupancy(lambda: self.router.config.limits)
         self._ids = itertools.count(1)
         self.logins = LoginThrottle()
+        self.registry = Registry()  # open tunnels, for the admin endpoint
         self._stopping = anyio.Event()
         self.stopped = anyio.Event()  # set once serve() has returned
         # The listeners actually served (a reload cannot change them): what a reloaded
@@ -80,6 +82,10 @@ class Server:
             len(changed),
         )
         self.metrics.reloaded(True)
+
+    def listening(self) -> list[tuple[Listener, tuple[str, int]]]:
+        """Each listener served, with the address it is bound to (ports chosen)."""
+        return list(zip(self._serving, self.bound, strict=False))
 
     @property
     def draining(self) -> bool:
@@ -124,6 +130,7 @@ class Server:
                     self.occupancy,
                     self._ids,
                     self.logins,
+                    self.registry,
                 )
                 connect = functools.partial(handle, shared)
                 async with anyio.create_task_group() as connections:

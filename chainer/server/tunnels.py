@@ -63,16 +63,17 @@ class Tunnels:
         idle: float,
         on_end: OnEnd,
         client_fin: float | None = None,
-    ) -> bool:
-        """Splice two plain-socket streams (check RelayOptions.can_splice first). True
-        when the tunnel runs here: `on_end(result)` will report its end once — possibly
-        before this returns, if it ends at once. False when the owner is closing; the
-        sockets are closed either way, or if this fails or is cancelled."""
+    ) -> splice.Tunnel | None:
+        """Splice two plain-socket streams (check RelayOptions.can_splice first). The
+        tunnel when it runs here (its `count` moves as bytes do): `on_end(result)` will
+        report its end once — possibly before this returns, if it ends at once. None
+        when the owner is closing; the sockets are closed either way, or if this fails
+        or is cancelled."""
         a, b = splice.detach(client), splice.detach(upstream)
         sent = await splice.send_pending(a, b)
         if self._closed:
             splice.close_legs(a, b)
-            return False
+            return None
 
         def ended(result: RelayResult) -> None:
             self._open.discard(tunnel)
@@ -85,4 +86,4 @@ class Tunnels:
             raise
         self._open.add(tunnel)
         tunnel.start()
-        return True
+        return tunnel

@@ -1,0 +1,504 @@
+"""SSH hops: one SSH session per (path to it, hop), shared by every tunnel through it.
+
+How this works. An SSH hop is reached like any other — TCP for hop 1, a request to the
+previous hop for an inner one — and then an SSH session is set up over that stream
+(asyncssh: key exchange, host key check, authentication; `ssh_trust.py`). The session is
+kept in `SshSessions` under its key, (the proxies of the path to it, the hop), and every
+later tunnel through that hop costs one `direct-tcpip` channel open on it, one round trip
+(`Session.open_channel`): the next hop, or the destination, is asked for by name and the
+SSH server connects to it. Until a tunnel asks, "having reached the hop" is an
+`SshReached` (a stand-in stream that holds the session).
+
+Sessions are built once: while one connection builds the session for a key, the others
+wait for it (`SshSessions.wait`) instead of opening their own; if the builder fails at
+the hop itself they share its failure, if it gives up for any other reason one of them
+builds. A session holds a count of its users (channels and SshReached stand-ins); with
+none for `session_idle` it is closed. asyncssh sends keepalives (`keepalive`) and a
+session whose connection drops — keepalives unanswered, the server gone — leaves the
+pool at once, so the next tunnel builds a new one; a tunnel that finds a session dead
+when it opens its channel (the drop not yet noticed) rebuilds it once (steps.py).
+
+asyncssh is asyncio-only: chainer runs on anyio's asyncio backend. A session's work
+(asyncssh's own tasks, the pump of a `TunnelTransport`) belongs to its connection and
+ends with it; the pool closes every session when it is closed (`aclose`, called by the
+server at shutdown and by `Router.aclose`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import asyncssh
+from anyio.abc import ByteStream
+
+from ..errors import HopAnswer, HopError, HopProtocolError, SshDenied
+from ..models import Address, HopGroup, Proxy, SshOptions
+from ..relay.sockstream import SockStream
+from .ssh_streams import ChannelStream, TunnelTransport
+from .ssh_trust import (
+    Client,
+    display_type,
+    fingerprint,
+    host_key_problem,
+    load_identities,
+    trusted_keys,
+)
+
+__all__ = [
+    "SessionInfo",
+    "SessionKey",
+    "SessionLost",
+    "SshReached",
+    "SshSessions",
+    "open_channel",
+]
+
+log = logging.getLogger("chainer.ssh")
+
+SessionKey = tuple[tuple[Proxy, ...], Proxy]
+_KEEPALIVE_COUNT = 3  # unanswered keepalives before the session is dropped (ssh's default)
+_CLOSE_WAIT = 2.0  # seconds aclose() waits for sessions to close
+_PREFERRED_AUTH = ("publickey", "keyboard-interactive", "password")
+
+
+class SessionLost(anyio.BrokenResourceError):
+    """The session was found closed when a channel was to be opened on it. `warm`: it
+    was set up before this tunnel came (its loss is nobody's fault: rebuild it once)."""
+
+    def __init__(self, warm: bool) -> None:
+        super().__init__("SSH session lost")
+        self.warm = warm
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What `chainer check` shows of a session: no secret, no address."""
+
+    host_key: str  # "ED25519 SHA256:..."
+    trusted_by: str  # "known_hosts", "host_key", "nothing (insecure_host_key)"
+    auth: str  # "publickey (~/.ssh/id_ed25519)", "password", ...
+
+    def describe(self) -> str:
+        return f"host key {self.host_key} ({self.trusted_by}), auth {self.auth}"
+
+
+class Session:
+    """One SSH connection, shared; closed after `idle` seconds without users."""
+
+    def __init__(
+        self,
+        pool: SshSessions,
+        key: SessionKey,
+        conn: asyncssh.SSHClientConnection,
+        info: SessionInfo,
+        idle: float,
+    ) -> None:
+        self.pool = pool
+        self.key = key
+        self.conn = conn
+        self.info = info
+        self.idle = idle
+        self.users = 0
+        self.closed = False
+        self.retired = False  # out of the pool (its hop changed): closes with its last user
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    @property
+    def name(self) -> str:
+        return self.key[1].name
+
+    def lease(self) -> None:
+        self.users += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0 and not self.closed:
+            if self.retired:
+                self.close("its hop changed")
+            else:
+                self._arm()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.idle, self.close, "idle")
+
+    def close(self, why: str) -> None:
+        if self.closed:
+            return
+        log.debug("ssh session of %s closed: %s", self.name, why)
+        self._gone()
+        self.conn.close()
+
+    def lost(self, exc: Exception | None) -> None:
+        """asyncssh says the connection has ended."""
+        if not self.closed:
+            reason = str(exc) if exc is not None else "closed"
+            log.info("ssh session of %s ended: %s", self.name, reason)
+            self._gone()
+
+    def _gone(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.pool._drop(self)
+
+
+class SshReached(ByteStream):
+    """An SSH hop reached: a session ready to open channels. Not a byte stream — the
+    next step asks it for a channel (`open_channel`) — but it travels where the dialer
+    carries streams, and closing it lets go of the session."""
+
+    def __init__(self, session: Session, warm: bool) -> None:
+        self.session = session
+        self.warm = warm  # the session was there before this tunnel came
+        self._held = True
+        session.lease()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        raise anyio.BrokenResourceError("an SSH hop carries data only in channels")
+
+    async def send(self, item: bytes) -> None:
+        raise anyio.BrokenResourceError("an SSH hop carries data only in channels")
+
+    async def send_eof(self) -> None:
+        raise anyio.BrokenResourceError("an SSH hop carries data only in channels")
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        if self._held:
+            self._held = False
+            self.session.release()
+
+
+async def open_channel(stream: ByteStream, target: Address) -> ByteStream:
+    """A `direct-tcpip` channel to `target` on the session `stream` (an SshReached)
+    holds. Raises HopAnswer (carrying the session, which survives) when the server
+    refuses, SessionLost when the session is gone. The SshReached is kept: the caller
+    closes it."""
+    if not isinstance(stream, SshReached):
+        raise HopProtocolError("an SSH hop was asked without its session")
+    session = stream.session
+    if session.closed:
+        raise SessionLost(stream.warm)
+    session.lease()
+    try:
+        reader, writer = await session.conn.open_connection(target.host, target.port)
+    except asyncssh.ChannelOpenError as exc:
+        session.release()
+        if session.closed or exc.reason == "SSH connection closed":
+            raise SessionLost(stream.warm) from None
+        raise _refused(exc, stream) from None
+    except (asyncssh.Error, OSError) as exc:
+        session.release()
+        raise SessionLost(stream.warm) from exc
+    except BaseException:
+        session.release()
+        raise
+    return ChannelStream(reader, writer, session.release)
+
+
+def _refused(exc: asyncssh.ChannelOpenError, stream: SshReached) -> HopAnswer:
+    text = f"channel refused: {exc.reason}" if exc.reason else "channel refused"
+    if exc.code == asyncssh.OPEN_CONNECT_FAILED:
+        kind = "unreachable"
+    elif exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+        kind = "prohibited"
+        text = f"channel administratively prohibited: {exc.reason}".rstrip(": ")
+    else:  # unknown channel type, resource shortage: the server's own trouble
+        kind = "failed"
+    return HopAnswer(kind, exc.code, text, stream)
+
+
+class _Build:
+    """One connection setting up the session for a key; the others wait for it."""
+
+    def __init__(self) -> None:
+        self.finished = anyio.Event()
+        self.session: Session | None = None
+        self.error: HopError | None = None
+
+
+class SshSessions:
+    """The live SSH sessions of one router (kept across reloads by the server)."""
+
+    def __init__(self, agent_socket: str | None = None) -> None:
+        self.agent_socket = agent_socket  # the ssh-agent, for hops with `agent: true`
+        self._sessions: dict[SessionKey, Session] = {}
+        self._building: dict[SessionKey, _Build] = {}
+        self._identities: dict[SshOptions, list[tuple[asyncssh.SSHKeyPair, str]]] = {}
+        self._retired: set[Session] = set()
+        asyncssh_log = logging.getLogger("asyncssh")
+        if asyncssh_log.level == logging.NOTSET:
+            # asyncssh narrates every connection at INFO, user names included.
+            asyncssh_log.setLevel(logging.WARNING)
+
+    @classmethod
+    def from_environment(cls) -> SshSessions:
+        """Sessions that use the ssh-agent at $SSH_AUTH_SOCK, as ssh does."""
+        return cls(os.environ.get("SSH_AUTH_SOCK") or None)
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def live(self, path: Iterable[Proxy], proxy: Proxy) -> Session | None:
+        session = self._sessions.get((tuple(path), proxy))
+        return None if session is None or session.closed else session
+
+    def carries(self, prefix: Sequence[Proxy], hops: Sequence[HopGroup]) -> bool:
+        """Does a live session of a later SSH hop of this chain (`hops`) run through
+        exactly these first nodes? Then reaching them can wait: that hop's tunnels need
+        none of them."""
+        nodes = tuple(prefix)
+        for (path, hop), session in self._sessions.items():
+            if session.closed or len(path) < len(nodes) or len(path) >= len(hops):
+                continue
+            if path[: len(nodes)] != nodes or hop not in hops[len(path)].candidates:
+                continue
+            if all(path[i] in hops[i].candidates for i in range(len(nodes), len(path))):
+                return True
+        return False
+
+    def info(self, path: Iterable[Proxy], proxy: Proxy) -> SessionInfo | None:
+        session = self.live(path, proxy)
+        return None if session is None else session.info
+
+    def count(self) -> int:
+        return sum(not s.closed for s in self._sessions.values())
+
+    # -- building -------------------------------------------------------------------------
+
+    def building(self, key: SessionKey) -> bool:
+        return key in self._building
+
+    async def wait(self, key: SessionKey) -> Session | None:
+        """The session another connection is building for `key`; None when it gave up
+        without a failure of the hop (build it yourself). Raises the builder's failure
+        when that was the hop's own."""
+        build = self._building.get(key)
+        if build is None:
+            return self.live(*key)
+        await build.finished.wait()
+        if build.error is not None:
+            raise _again(build.error)
+        return build.session
+
+    def claim(self, key: SessionKey) -> _Build:
+        build = _Build()
+        self._building[key] = build
+        return build
+
+    def settle(self, key: SessionKey, build: _Build) -> None:
+        if self._building.get(key) is build:
+            del self._building[key]
+        build.finished.set()
+
+    async def handshake(self, stream: ByteStream, key: SessionKey) -> Session:
+        """An SSH session over `stream` (consumed, whatever happens): key exchange, host
+        key check, authentication. Raises SshDenied (host key, credentials), a transport
+        error, or HopProtocolError (the SSH protocol failed)."""
+        proxy = key[1]
+        options = proxy.ssh or SshOptions()
+        session: list[Session] = []
+        client = Client([], proxy.password is not None, lambda exc: _lost(session, exc))
+        agent: asyncssh.SSHAgentClient | None = None
+        trusted = None
+        try:
+            trusted = trusted_keys(proxy, options)
+            client.keys = await self._keys(options)
+            if options.agent and self.agent_socket:
+                agent, agent_keys = await _agent_keys(self.agent_socket)
+                client.keys[:0] = agent_keys
+            conn = await _connect(stream, proxy, options, client, trusted)
+        except BaseException as exc:
+            await _close(stream)  # (already closed when asyncssh had it)
+            if isinstance(exc, asyncssh.HostKeyNotVerifiable) and trusted is not None:
+                problem = host_key_problem(proxy, options, client.offered, trusted)
+                raise SshDenied(problem) from None
+            if isinstance(exc, asyncssh.PermissionDenied):
+                raise SshDenied(f"authentication failed (offered {client.attempted()})") from None
+            if isinstance(exc, asyncssh.ConnectionLost):
+                raise anyio.EndOfStream from None
+            if isinstance(exc, asyncssh.Error):
+                reason = exc.reason or type(exc).__name__
+                raise HopProtocolError(f"SSH failed: {reason}") from None
+            raise
+        finally:
+            if agent is not None:
+                agent.close()
+        host_key = conn.get_server_host_key()
+        shown = "" if host_key is None else f"{display_type(host_key)} {fingerprint(host_key)}"
+        if trusted is None:
+            trusted_by = "NOT CHECKED: insecure_host_key"
+            log.warning(
+                "ssh hop %s: insecure_host_key: true: host key %s accepted without a check",
+                proxy.name,
+                shown,
+            )
+        else:
+            trusted_by = "host_key" if options.host_key else "known_hosts"
+        info = SessionInfo(shown, trusted_by, client.auth)
+        session.append(Session(self, key, conn, info, options.session_idle))
+        if conn.is_closed():  # it ended while we were not looking
+            session[0].lost(None)
+        else:
+            old = self._sessions.get(key)
+            if old is not None and not old.closed:
+                self._retire(old)
+            self._sessions[key] = session[0]
+        log.debug("ssh session of %s up: %s", proxy.name, info.describe())
+        return session[0]
+
+    async def _keys(self, options: SshOptions) -> list[tuple[asyncssh.SSHKeyPair, str]]:
+        if not options.identities:
+            return []
+        keys = self._identities.get(options)
+        if keys is None:
+            keys = await anyio.to_thread.run_sync(load_identities, options)
+            self._identities[options] = keys
+        return list(keys)
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _drop(self, session: Session) -> None:
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        self._retired.discard(session)
+
+    def _retire(self, session: Session) -> None:
+        """Out of the pool; closed once its last user lets go."""
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        session.retired = True
+        if session.users <= 0:
+            session.close("replaced")
+        else:
+            self._retired.add(session)
+
+    def forget(self, names: set[str]) -> None:
+        """Hops whose definition changed (or that are gone): their sessions, and those
+        reached through them, take no new tunnels and close with their last one."""
+        if not names:
+            return
+        for key, session in list(self._sessions.items()):
+            path, proxy = key
+            if proxy.name in names or any(p.name in names for p in path):
+                self._retire(session)
+
+    async def aclose(self) -> None:
+        """Close every session (live tunnels through them end)."""
+        sessions = [*self._sessions.values(), *self._retired]
+        for session in sessions:
+            session.close("shutting down")
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT):
+            for session in sessions:
+                await session.conn.wait_closed()
+
+
+def _lost(session: list[Session], exc: Exception | None) -> None:
+    if session:
+        session[0].lost(exc)
+
+
+def _again(error: HopError) -> HopError:
+    """A copy of another connection's failure, to be recorded as this one's own."""
+    copy = type(error)(
+        error.index,
+        error.hop,
+        error.phase,
+        error.reason,
+        status=error.status,
+        proxy_status=error.proxy_status,
+        denied=error.denied,
+        generic=error.generic,
+        address=error.address,
+    )
+    return copy
+
+
+async def _agent_keys(
+    socket_path: str,
+) -> tuple[asyncssh.SSHAgentClient | None, list[tuple[asyncssh.SSHKeyPair, str]]]:
+    """The agent's keys, and the agent connection they sign through (kept open until
+    authentication is over). An agent that cannot be reached is skipped, as ssh does."""
+    try:
+        agent = await asyncssh.connect_agent(socket_path)
+    except (OSError, asyncssh.Error) as exc:
+        log.debug("ssh-agent at $SSH_AUTH_SOCK not usable: %s", exc)
+        return None, []
+    try:
+        keys = await agent.get_keys()
+    except (OSError, asyncssh.Error, ValueError) as exc:
+        log.debug("ssh-agent gave no keys: %s", exc)
+        agent.close()
+        return None, []
+    return agent, [(key, "ssh-agent") for key in keys]
+
+
+async def _connect(
+    stream: ByteStream,
+    proxy: Proxy,
+    options: SshOptions,
+    client: Client,
+    trusted: object,
+) -> asyncssh.SSHClientConnection:
+    """asyncssh over our stream: its socket itself for a plain TCP stream (hop 1), else
+    a TunnelTransport over it."""
+    settings: dict[str, object] = {
+        "username": proxy.username or getpass.getuser(),
+        "password": proxy.password,
+        "known_hosts": trusted,
+        "client_factory": lambda: client,
+        "client_keys": None,  # Client.public_key_auth_requested hands them out
+        "agent_path": None,
+        "preferred_auth": _PREFERRED_AUTH,
+        "host_based_auth": False,
+        "gss_auth": False,
+        "gss_kex": False,
+        "keepalive_interval": options.keepalive or 0,
+        "keepalive_count_max": _KEEPALIVE_COUNT,
+        "x509_trusted_certs": None,
+        "config": [],  # ssh_config was read when the table was loaded, if asked for
+    }
+    host, port = proxy.address.host, proxy.address.port
+    if isinstance(stream, SockStream):
+        sock = stream.detach()
+        try:
+            return await asyncssh.connect(host, port, sock=sock, **settings)
+        except BaseException:
+            sock.close()
+            raise
+    return await asyncssh.connect(host, port, tunnel=_Tunnel(stream), **settings)
+
+
+class _Tunnel:
+    """What asyncssh's `tunnel=` takes: opens "a connection" by running the protocol
+    over the stream we already have."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        protocol = protocol_factory()
+        transport = TunnelTransport(self._stream, protocol)
+        transport.start()
+        return transport, protocol
+
+
+async def _close(stream: ByteStream) -> None:
+    with anyio.CancelScope(shield=True):
+        await anyio.aclose_forcefully(stream)

@@ -56,6 +56,7 @@ __all__ = [
     "SessionLost",
     "SshReached",
     "SshSessions",
+    "insecure_host_keys",
     "open_channel",
 ]
 
@@ -405,6 +406,17 @@ class SshSessions:
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT):
             for session in sessions:
                 await session.conn.wait_closed()
+
+
+def insecure_host_keys(proxies: Iterable[Proxy]) -> None:
+    """Say, at every start and reload, which SSH hops check no host key."""
+    for proxy in proxies:
+        if proxy.ssh is not None and proxy.ssh.insecure_host_key:
+            log.warning(
+                "ssh hop %s: insecure_host_key: true: its host key is not checked"
+                " (anyone on the way can pose as it)",
+                proxy.name,
+            )
 
 
 def _lost(session: list[Session], exc: Exception | None) -> None:

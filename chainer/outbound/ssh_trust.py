@@ -195,7 +195,7 @@ def load_identities(options: SshOptions) -> list[tuple[asyncssh.SSHKeyPair, str]
     for path in options.identities:
         try:
             key = asyncssh.read_private_key(path, options.passphrase)
-        except asyncssh.KeyImportError as exc:
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
             raise KeyLoadError(f"identity {path}: {_key_error(exc)}") from None
         except OSError as exc:
             raise KeyLoadError(f"identity {path}: {exc.strerror or exc}") from None

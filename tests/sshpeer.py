@@ -153,3 +153,18 @@ def start_sshd(workdir: Path, keys: SshKeys, extra: Sequence[str] = ()) -> Sshd:
 def known_hosts_line(sshd: Sshd) -> str:
     host = sshd.host if sshd.port == 22 else f"[{sshd.host}]:{sshd.port}"
     return f"{host} {sshd.keys.host_pub}\n"
+
+
+def start_sshd_in(ns: str, listen: str, workdir: Path, keys: SshKeys) -> Sshd:
+    """sshd on `listen` inside the test namespace `ns` (stopped with the namespace)."""
+    from netns import free_port_in, netns_popen
+
+    exe = prepare_sshd()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port_in(ns, listen)
+    config = workdir / "sshd_config"
+    config.write_text(sshd_config(listen, port, keys))
+    proc = netns_popen(
+        ns, [exe, "-D", "-e", "-f", str(config)], workdir / "sshd.log", ready=(listen, port)
+    )
+    return Sshd(listen, port, keys, proc)

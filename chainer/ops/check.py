@@ -275,8 +275,9 @@ class _ChainCheck:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(stream)
             latency = trace[-1].seconds if trace else None
-            info = None if is_target else self.dialer.sessions.info(path, node)  # type: ignore[arg-type]
-            ssh = "" if info is None else info.describe()
+            if isinstance(node, Proxy) and node.scheme == "ssh":
+                info = self.dialer.sessions.info(path, node)
+                ssh = "" if info is None else info.describe()
         elapsed = anyio.current_time() - started
         return ProbeResult(
             self.name, position, label, names, outcome, latency, error, is_target, elapsed, ssh

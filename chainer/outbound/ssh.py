@@ -201,10 +201,12 @@ async def open_channel(stream: ByteStream, target: Address) -> ByteStream:
     except asyncssh.ChannelOpenError as exc:
         session.release()
         if session.closed or exc.reason == "SSH connection closed":
+            session.close("lost")
             raise SessionLost(stream.warm) from None
         raise _refused(exc, stream) from None
     except (asyncssh.Error, OSError) as exc:
         session.release()
+        session.close(f"lost: {exc}")  # out of the pool: the next tunnel builds anew
         raise SessionLost(stream.warm) from exc
     except BaseException:
         session.release()

@@ -520,3 +520,61 @@ async def test_check_prints_each_ssh_hops_fingerprint_and_auth(
     assert openssh_fingerprint(sshd.keys.host_pub, tmp_path) in text
     assert "publickey (" in text
     assert "user_ed25519" in text
+
+
+async def test_concurrent_first_tunnels_share_one_refusal(own_sshd: Sshd, tmp_path: Path) -> None:
+    """Ten tunnels at once to a hop whose key is unknown: one connection to sshd, whose
+    refusal every one of them reports (denied, with the fingerprint)."""
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    text = table({"bastion": ssh_hop(own_sshd, known_hosts=str(empty))}, "[bastion]")
+    async with router_for(text) as router:
+        errors: list[ChainFailed] = []
+
+        async def one() -> None:
+            with pytest.raises(ChainFailed) as caught:
+                await router.connect("127.0.0.1", 9)
+            errors.append(caught.value)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+    assert len(errors) == 10
+    for error in errors:
+        last = error.attempts[-1]
+        assert last.denied
+        assert "host key unknown" in last.reason
+    # one key exchange, refused by us ("Connection from" also counts sshd's start probe)
+    refused = "Host key is not trusted"
+    assert await anyio.to_thread.run_sync(lambda: own_sshd.wait_log(refused))
+    assert own_sshd.log().count(refused) == 1
+
+
+async def test_a_reload_keeps_the_sessions_of_unchanged_hops(
+    own_sshd: Sshd, tmp_path: Path
+) -> None:
+    from chainer.server.server import Server
+
+    async with task_group() as tg:
+        echo = await start_echo(tg)
+        first = table({"bastion": ssh_hop(own_sshd)}, "[bastion]")
+        server = Server(Router(parse_config(first, "routes.yaml")))
+        async with anyio.create_task_group() as serving:
+            bound = await serving.start(server.serve)
+            port = bound[0][1]
+            assert await _tunnel_echo(port, echo.port, b"one") == b"one"
+            server.reload(parse_config(first, "routes.yaml"))  # nothing changed
+            assert await _tunnel_echo(port, echo.port, b"two") == b"two"
+            assert own_sshd.logins() == 1
+            changed = table({"bastion": ssh_hop(own_sshd, keepalive="10s")}, "[bastion]")
+            server.reload(parse_config(changed, "routes.yaml"))
+            assert await _tunnel_echo(port, echo.port, b"three") == b"three"
+            assert own_sshd.logins() == 2  # the changed hop got a session of its own
+            assert await anyio.to_thread.run_sync(
+                lambda: own_sshd.wait_log("Disconnected from user root")  # the old one closed
+            )
+            serving.cancel_scope.cancel()
+    # shut down: every session closed
+    assert await anyio.to_thread.run_sync(
+        lambda: own_sshd.wait_log("Disconnected from user root", count=2)
+    )

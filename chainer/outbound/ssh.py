@@ -2,11 +2,11 @@
 
 How this works. An SSH hop is reached like any other — TCP for hop 1, a request to the
 previous hop for an inner one — and then an SSH session is set up over that stream
-(asyncssh: key exchange, host key check, authentication; `ssh_trust.py`). The session is
-kept in `SshSessions` under its key, (the proxies of the path to it, the hop), and every
-later tunnel through that hop costs one `direct-tcpip` channel open on it, one round trip
-(`Session.open_channel`): the next hop, or the destination, is asked for by name and the
-SSH server connects to it. Until a tunnel asks, "having reached the hop" is an
+(asyncssh: key exchange, host key check, authentication; `ssh_login.py`, `ssh_trust.py`).
+The session is kept in `SshSessions` under its key, (the proxies of the path to it, the
+hop), and every later tunnel through that hop costs one `direct-tcpip` channel open on
+it, one round trip (`open_channel`): the next hop, or the destination, is asked for by
+name and the SSH server connects to it. Until a tunnel asks, "having reached the hop" is an
 `SshReached` (a stand-in stream that holds the session).
 
 Sessions are built once: while one connection builds the session for a key, the others
@@ -27,28 +27,19 @@ server at shutdown and by `Router.aclose`).
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import anyio
 import asyncssh
 from anyio.abc import ByteStream
 
-from ..errors import HopAnswer, HopError, HopProtocolError, SshDenied
+from ..errors import HopAnswer, HopError, HopProtocolError
 from ..models import Address, HopGroup, Proxy, SshOptions
-from ..relay.sockstream import SockStream
-from .ssh_streams import ChannelStream, TunnelTransport
-from .ssh_trust import (
-    Client,
-    display_type,
-    fingerprint,
-    host_key_problem,
-    load_identities,
-    trusted_keys,
-)
+from .ssh_login import SessionInfo, close_stream, login
+from .ssh_streams import ChannelStream
+from .ssh_trust import load_identities
 
 __all__ = [
     "SessionInfo",
@@ -63,9 +54,7 @@ __all__ = [
 log = logging.getLogger("chainer.ssh")
 
 SessionKey = tuple[tuple[Proxy, ...], Proxy]
-_KEEPALIVE_COUNT = 3  # unanswered keepalives before the session is dropped (ssh's default)
 _CLOSE_WAIT = 2.0  # seconds aclose() waits for sessions to close
-_PREFERRED_AUTH = ("publickey", "keyboard-interactive", "password")
 
 
 class SessionLost(anyio.BrokenResourceError):
@@ -75,18 +64,6 @@ class SessionLost(anyio.BrokenResourceError):
     def __init__(self, warm: bool) -> None:
         super().__init__("SSH session lost")
         self.warm = warm
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """What `chainer check` shows of a session: no secret, no address."""
-
-    host_key: str  # "ED25519 SHA256:..."
-    trusted_by: str  # "known_hosts", "host_key", "nothing (insecure_host_key)"
-    auth: str  # "publickey (~/.ssh/id_ed25519)", "password", ...
-
-    def describe(self) -> str:
-        return f"host key {self.host_key} ({self.trusted_by}), auth {self.auth}"
 
 
 class Session:
@@ -309,50 +286,19 @@ class SshSessions:
         build.finished.set()
 
     async def handshake(self, stream: ByteStream, key: SessionKey) -> Session:
-        """An SSH session over `stream` (consumed, whatever happens): key exchange, host
-        key check, authentication. Raises SshDenied (host key, credentials), a transport
-        error, or HopProtocolError (the SSH protocol failed)."""
+        """A new session for `key` over `stream` (consumed, whatever happens): key
+        exchange, host key check, login (ssh_login.py). Raises SshDenied (host key,
+        credentials), a transport error, or HopProtocolError (the SSH protocol failed)."""
         proxy = key[1]
         options = proxy.ssh or SshOptions()
         session: list[Session] = []
-        client = Client([], proxy.password is not None, lambda exc: _lost(session, exc))
-        agent: asyncssh.SSHAgentClient | None = None
-        trusted = None
         try:
-            trusted = trusted_keys(proxy, options)
-            client.keys = await self._keys(options)
-            if options.agent and self.agent_socket:
-                agent, agent_keys = await _agent_keys(self.agent_socket)
-                client.keys[:0] = agent_keys
-            conn = await _connect(stream, proxy, options, client, trusted)
-        except BaseException as exc:
-            await _close(stream)  # (already closed when asyncssh had it)
-            if isinstance(exc, asyncssh.HostKeyNotVerifiable) and trusted is not None:
-                problem = host_key_problem(proxy, options, client.offered, trusted)
-                raise SshDenied(problem) from None
-            if isinstance(exc, asyncssh.PermissionDenied):
-                raise SshDenied(f"authentication failed (offered {client.attempted()})") from None
-            if isinstance(exc, asyncssh.ConnectionLost):
-                raise anyio.EndOfStream from None
-            if isinstance(exc, asyncssh.Error):
-                reason = exc.reason or type(exc).__name__
-                raise HopProtocolError(f"SSH failed: {reason}") from None
+            keys = await self._keys(options)
+        except BaseException:
+            await close_stream(stream)
             raise
-        finally:
-            if agent is not None:
-                agent.close()
-        host_key = conn.get_server_host_key()
-        shown = "" if host_key is None else f"{display_type(host_key)} {fingerprint(host_key)}"
-        if trusted is None:
-            trusted_by = "NOT CHECKED: insecure_host_key"
-            log.warning(
-                "ssh hop %s: insecure_host_key: true: host key %s accepted without a check",
-                proxy.name,
-                shown,
-            )
-        else:
-            trusted_by = "host_key" if options.host_key else "known_hosts"
-        info = SessionInfo(shown, trusted_by, client.auth)
+        agent = self.agent_socket if options.agent else None
+        conn, info = await login(stream, proxy, keys, agent, lambda exc: _lost(session, exc))
         session.append(Session(self, key, conn, info, options.session_idle))
         if conn.is_closed():  # it ended while we were not looking
             session[0].lost(None)
@@ -440,79 +386,3 @@ def _again(error: HopError) -> HopError:
         address=error.address,
     )
     return copy
-
-
-async def _agent_keys(
-    socket_path: str,
-) -> tuple[asyncssh.SSHAgentClient | None, list[tuple[asyncssh.SSHKeyPair, str]]]:
-    """The agent's keys, and the agent connection they sign through (kept open until
-    authentication is over). An agent that cannot be reached is skipped, as ssh does."""
-    try:
-        agent = await asyncssh.connect_agent(socket_path)
-    except (OSError, asyncssh.Error) as exc:
-        log.debug("ssh-agent at $SSH_AUTH_SOCK not usable: %s", exc)
-        return None, []
-    try:
-        keys = await agent.get_keys()
-    except (OSError, asyncssh.Error, ValueError) as exc:
-        log.debug("ssh-agent gave no keys: %s", exc)
-        agent.close()
-        return None, []
-    return agent, [(key, "ssh-agent") for key in keys]
-
-
-async def _connect(
-    stream: ByteStream,
-    proxy: Proxy,
-    options: SshOptions,
-    client: Client,
-    trusted: object,
-) -> asyncssh.SSHClientConnection:
-    """asyncssh over our stream: its socket itself for a plain TCP stream (hop 1), else
-    a TunnelTransport over it."""
-    settings: dict[str, object] = {
-        "username": proxy.username or getpass.getuser(),
-        "password": proxy.password,
-        "known_hosts": trusted,
-        "client_factory": lambda: client,
-        "client_keys": None,  # Client.public_key_auth_requested hands them out
-        "agent_path": None,
-        "preferred_auth": _PREFERRED_AUTH,
-        "host_based_auth": False,
-        "gss_auth": False,
-        "gss_kex": False,
-        "keepalive_interval": options.keepalive or 0,
-        "keepalive_count_max": _KEEPALIVE_COUNT,
-        "x509_trusted_certs": None,
-        "config": [],  # ssh_config was read when the table was loaded, if asked for
-    }
-    host, port = proxy.address.host, proxy.address.port
-    if isinstance(stream, SockStream):
-        sock = stream.detach()
-        try:
-            return await asyncssh.connect(host, port, sock=sock, **settings)
-        except BaseException:
-            sock.close()
-            raise
-    return await asyncssh.connect(host, port, tunnel=_Tunnel(stream), **settings)
-
-
-class _Tunnel:
-    """What asyncssh's `tunnel=` takes: opens "a connection" by running the protocol
-    over the stream we already have."""
-
-    def __init__(self, stream: ByteStream) -> None:
-        self._stream = stream
-
-    async def create_connection(
-        self, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int
-    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        protocol = protocol_factory()
-        transport = TunnelTransport(self._stream, protocol)
-        transport.start()
-        return transport, protocol
-
-
-async def _close(stream: ByteStream) -> None:
-    with anyio.CancelScope(shield=True):
-        await anyio.aclose_forcefully(stream)

@@ -33,14 +33,21 @@ class Plan:
     memory_steps: tuple[int, ...]
     hops: tuple[int, ...]
     with_pproxy: bool
+    with_ssh: bool = False  # chainer-ssh and pproxy-ssh through one real sshd
 
     @staticmethod
     def for_mode(mode: str) -> Plan:
         if mode == "smoke":
             return Plan(mode, 1, 8 * 2**20, 1, 0.3, 0.1, 1, (50, 100), (0,), False)
         if mode == "quick":
-            return Plan(mode, 3, 256 * 2**20, 3, 1.0, 0.2, 1, (1000, 2000, 5000), (0, 1, 3), True)
-        return Plan(mode, 5, GIB, 5, 2.0, 0.3, 3, (1000, 2000, 5000, 10000), (0, 1, 3), True)
+            return Plan(
+                mode, 3, 256 * 2**20, 3, 1.0, 0.2, 1, (1000, 2000, 5000), (0, 1, 3), True, True
+            )
+        return Plan(mode, 5, GIB, 5, 2.0, 0.3, 3, (1000, 2000, 5000, 10000), (0, 1, 3), True, True)
+
+
+# Whom a contender's set-up figures are compared with (default: pproxy, same concurrency).
+REFERENCE = {"chainer-ssh": "pproxy-ssh", "pproxy-ssh": "pproxy-ssh"}
 
 
 def chainer_name(hops: int) -> str:
@@ -139,7 +146,8 @@ def setups(
         log(f"set-up round {n + 1}: " + _brief(samples, "per_s", "/s"))
 
     def reference(label: str) -> str | None:
-        ref = "pproxy@" + label.split("@")[1]
+        name, _, conc = label.partition("@")
+        ref = f"{REFERENCE.get(name, 'pproxy')}@{conc}"
         return ref if ref in jobs else None
 
     summary = {

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import sshhop
 from common import LOOPBACK, free_port, raise_nofile
+from sshhop import SshTarget
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -217,9 +219,28 @@ class Lab:
         wait_listening(port, proc)
         return Contender(name, port, False, [proc])
 
-    def start_pproxy(self, name: str, exe: Path) -> Contender:
+    def start_pproxy(self, name: str, exe: Path, remote: str | None = None) -> Contender:
         port = free_port()
-        proc = self.spawn(name, [str(exe), "-l", f"http://{LOOPBACK}:{port}"])
+        argv = [str(exe), "-l", f"http://{LOOPBACK}:{port}"]
+        proc = self.spawn(name, [*argv, "-r", remote] if remote else argv)
+        wait_listening(port, proc)
+        return Contender(name, port, True, [proc])
+
+    def start_sshd(self, exe: str) -> SshTarget:
+        """A real sshd on loopback for the SSH-hop contenders (see sshhop.py)."""
+        target, config = sshhop.prepare(self.workdir)
+        proc = self.spawn("sshd", [exe, "-D", "-e", "-f", str(config)])
+        wait_listening(target.port, proc)
+        return target
+
+    def start_chainer_ssh(self, name: str, target: SshTarget) -> Contender:
+        """chainer whose route is one SSH hop: client -> chainer -> sshd -> destination."""
+        port = free_port()
+        config = self.workdir / f"{name}.yaml"
+        config.write_text(sshhop.chainer_config(port, target, MAX_CONNECTIONS))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-m", "chainer", "serve", "-c", str(config)]
+        proc = self.spawn(name, [*argv, "--log-level", "warning"], env=env)
         wait_listening(port, proc)
         return Contender(name, port, True, [proc])
 

@@ -1,7 +1,8 @@
 """chainer's benchmark: `python bench/run.py [--quick|--smoke] [--json OUT] [--chart PNG]`.
 
 Starts every contender (chainer with 0, 1 and 3 chainer hops, socat -b 262144, pproxy
-from its own venv), a backend (bulk sink and echo servers) and a load generator, each in
+from its own venv, and chainer and pproxy each through one SSH hop to a real sshd), a
+backend (bulk sink and echo servers) and a load generator, each in
 its own process on loopback; checks each contender with a 1 KiB echo; then measures
 throughput, tunnel set-ups and idle memory in rounds that visit the contenders in a
 shuffled order, and prints medians and same-round ratios. See bench/README.md.
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sshhop
 from common import LOOPBACK, nofile_limit
 from phases import Plan, chainer_name, memory, setups, throughput
 from procs import ROOT, Contender, Lab, ensure_pproxy
@@ -130,6 +132,8 @@ def _run(
         starters["socat"] = functools.partial(lab.start_socat, "socat", bulk[1])
     if pproxy_exe is not None:
         starters["pproxy"] = functools.partial(lab.start_pproxy, "pproxy", pproxy_exe)
+    if plan.with_ssh:
+        starters.update(_ssh_starters(lab, pproxy_exe, notes, log))
 
     contenders: dict[str, Contender] = {}
     for name, start in starters.items():
@@ -179,7 +183,45 @@ def _run(
     return result, _rows(tp, su, mem), _targets(tp, su, mem)
 
 
-_ORDER = ("chainer-0hop", "chainer-1hop", "chainer-3hop", "socat", "pproxy", NO_PROXY)
+def _ssh_starters(
+    lab: Lab, pproxy_exe: Path | None, notes: list[str], log: Callable[[str], None]
+) -> dict[str, Callable[[], Contender]]:
+    """chainer-ssh and pproxy-ssh, through one sshd started here (see sshhop.py)."""
+    exe, why = sshhop.find_sshd()
+    if exe is None:
+        notes.append(f"SSH hop contenders left out: {why}")
+        return {}
+    log("starting sshd for the SSH-hop contenders")
+    try:
+        target = lab.start_sshd(exe)
+    except RuntimeError as exc:
+        notes.append(f"SSH hop contenders left out: sshd did not start: {exc}")
+        return {}
+    starters: dict[str, Callable[[], Contender]] = {
+        "chainer-ssh": functools.partial(lab.start_chainer_ssh, "chainer-ssh", target)
+    }
+    if pproxy_exe is not None:
+        problem = sshhop.ensure_asyncssh(pproxy_exe, log)
+        if problem:
+            notes.append(f"pproxy-ssh skipped: {problem}")
+        else:
+            remote = sshhop.pproxy_remote(target)
+            starters["pproxy-ssh"] = functools.partial(
+                lab.start_pproxy, "pproxy-ssh", pproxy_exe, remote
+            )
+    return starters
+
+
+_ORDER = (
+    "chainer-0hop",
+    "chainer-1hop",
+    "chainer-3hop",
+    "chainer-ssh",
+    "socat",
+    "pproxy",
+    "pproxy-ssh",
+    NO_PROXY,
+)
 
 
 def _by_contender(items: dict[str, Any]) -> list[tuple[str, Any]]:

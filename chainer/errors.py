@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from anyio.abc import ByteStream
 
-Phase = Literal["connect", "tls", "handshake", "destination"]
+Phase = Literal["connect", "tls", "ssh", "handshake", "destination"]
 
 
 class ChainerError(Exception):
@@ -62,9 +62,11 @@ class HopError(ChainerError):
 
     index: 1-based position in the chain (0 for a `direct` connection).
     hop: the config name of the candidate charged with the failure.
-    phase: connect (reaching it), tls, handshake (its answer to our request),
-    destination (the last hop could not reach the destination).
-    status: the upstream's own code (HTTP status or SOCKS reply), when it gave one.
+    phase: connect (reaching it), tls, ssh (the SSH key exchange and authentication),
+    handshake (its answer to our request), destination (the last hop could not reach
+    the destination).
+    status: the upstream's own code (HTTP status, SOCKS reply, SSH channel-open
+    reason), when it gave one.
     proxy_status: the RFC 9209 error type for a `Proxy-Status` header.
     denied: the hop refused us (credentials, policy): a configuration problem.
     generic: the hop's answer does not say whether it or the destination failed
@@ -182,6 +184,9 @@ class HopAnswer(ChainerError):
     kind: "denied" (407/403, SOCKS auth refused: the hop itself said no),
     "unreachable" (the hop could not reach what we asked for: 502/503, SOCKS 3/4/5),
     "timeout" (the hop timed out reaching it: 504, SOCKS TTL expired),
+    "prohibited" (the hop's policy forbids that target: SSH "administratively
+    prohibited"; about the next hop it is that edge's denial, about the destination the
+    destination's failure),
     "failed" (anything else: the hop itself is at fault).
     """
 
@@ -200,6 +205,11 @@ class HopAnswer(ChainerError):
         self.stream = stream  # the hop's connection, when it survived the failure
         self.dns = dns  # the hop said it could not resolve the name it was asked for
         super().__init__(text)
+
+
+class SshDenied(ChainerError):
+    """An SSH hop's host key is not trusted, or it did not accept our credentials (or
+    they could not be loaded): a configuration problem, the hop's own denied failure."""
 
 
 class HopProtocolError(ChainerError):

@@ -7,11 +7,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-Scheme = Literal["http", "https", "socks5", "socks5h", "socks4", "socks4a"]
+Scheme = Literal["http", "https", "socks5", "socks5h", "socks4", "socks4a", "ssh"]
 Strategy = Literal["failover", "round_robin", "random", "fastest"]
 ViaKind = Literal["chain", "direct", "reject"]
 
-SCHEMES: tuple[Scheme, ...] = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
+SCHEMES: tuple[Scheme, ...] = ("http", "https", "socks5", "socks5h", "socks4", "socks4a", "ssh")
 STRATEGIES: tuple[Strategy, ...] = ("failover", "round_robin", "random", "fastest")
 DEFAULT_PORTS: dict[str, int] = {
     "http": 8080,
@@ -20,6 +20,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "socks5h": 1080,
     "socks4": 1080,
     "socks4a": 1080,
+    "ssh": 22,
 }
 
 
@@ -80,6 +81,23 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class SshOptions:
+    """An ssh hop's authentication, host key and session settings (see outbound/ssh.py).
+    Paths are absolute; `known_hosts` None with neither `host_key` nor `insecure_host_key`
+    means ~/.ssh/known_hosts. The passphrase is excluded from repr like every secret."""
+
+    identities: tuple[str, ...] = ()  # private key files, tried in order
+    passphrase: str | None = field(default=None, repr=False)
+    agent: bool = True  # use the ssh-agent at $SSH_AUTH_SOCK when it is set
+    known_hosts: str | None = None
+    host_key: str | None = None  # a pinned public key, "ssh-ed25519 AAAA..."
+    insecure_host_key: bool = False  # accept any host key (logged at every start)
+    keepalive: float | None = 30.0  # seconds between keepalives; None: none sent
+    session_idle: float = 300.0  # a session with no channel this long is closed
+    alias: str | None = None  # the ssh_config Host alias the URL named, when one did
+
+
+@dataclass(frozen=True, slots=True)
 class Proxy:
     """One upstream hop. Credentials are excluded from repr and never formatted into text."""
 
@@ -98,6 +116,7 @@ class Proxy:
     fail_window: float = 10.0
     fail_timeout: float = 10.0
     line: int = 0
+    ssh: SshOptions | None = None  # an ssh hop's own settings (None for every other scheme)
 
     @property
     def has_credentials(self) -> bool:

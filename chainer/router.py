@@ -11,6 +11,7 @@ from .errors import Refused
 from .models import Address, Config
 from .outbound.dialer import Dialed, Dialer, Forward
 from .outbound.health import Health
+from .outbound.ssh import SshSessions
 from .outbound.tcp import Screen
 from .routing.policy import Guard
 from .routing.table import Match, RouteTable
@@ -24,10 +25,14 @@ class Router:
     >>> async with await router.connect("example.com", 443) as stream: ...
     """
 
-    def __init__(self, config: Config, health: Health | None = None) -> None:
+    def __init__(
+        self, config: Config, health: Health | None = None, sessions: SshSessions | None = None
+    ) -> None:
         self.config = config
         self.table = RouteTable(config.routes)
-        self.dialer = Dialer(config.defaults, health, max_attempts=config.limits.max_attempts)
+        self.dialer = Dialer(
+            config.defaults, health, max_attempts=config.limits.max_attempts, sessions=sessions
+        )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Router:
@@ -51,6 +56,11 @@ class Router:
         vias = (route.via, *route.fallback)
         dialed = await self.dialer.dial(route.label(), vias, target, screen, forward=forward)
         return match, dialed
+
+    async def aclose(self) -> None:
+        """Close the SSH sessions kept for SSH hops (tunnels through them end). Other hops
+        keep no connection between tunnels: without SSH hops this does nothing."""
+        await self.dialer.sessions.aclose()
 
     async def connect(self, host: str, port: int | str) -> ByteStream:
         """A byte stream to host:port through the routed chain. Raises BadTarget for a

@@ -20,6 +20,7 @@ from chainer.errors import (
     HopTimeout,
     HopUnreachable,
     Refused,
+    SshDenied,
 )
 from chainer.outbound.blame import (
     Cause,
@@ -39,6 +40,10 @@ TLS2 = Where(2, "bastion", "tls", "https://bastion.lab:8443", previous="corp")
 ASK1 = Where(1, "corp", "handshake", "bastion.lab:8443", next_hop="bastion")  # for hop 2
 ASK2 = Where(2, "bastion", "handshake", "example.com:443")  # the last hop, for the destination
 SILENT = Where(1, "corp", "handshake")
+# SSH hops: the session's key exchange and login with hop 2; channels asked of it.
+SSH2 = Where(2, "jump", "ssh", "ssh://jump.lab:22", previous="corp")
+CHAN2 = Where(2, "jump", "handshake", "lab-socks:1080", next_hop="lab")  # for hop 3
+CHAN_DEST = Where(2, "jump", "handshake", "example.com:443")  # the last hop: destination
 
 
 def _with_cause(exc: BaseException, cause: BaseException) -> BaseException:
@@ -294,6 +299,70 @@ ROWS: list[tuple[Cause, Where, tuple[object, ...]]] = [
         SILENT,
         (T, 1, "corp", "handshake", "connection_read_timeout", None, False,
          "hop 1 (corp): no answer about any next hop (x1, x2)"),
+    ),
+    # -- SSH hops: the session (phase ssh) -----------------------------------------------------
+    (
+        SshDenied("host key unknown: it offered ED25519 key SHA256:abc"),
+        SSH2,
+        (U, 2, "jump", "ssh", "proxy_configuration_error", None, True,
+         "hop 2 (jump): host key unknown: it offered ED25519 key SHA256:abc (denied)"),
+    ),
+    (
+        SshDenied("authentication failed (offered publickey (~/.ssh/id))"),
+        SSH2,
+        (U, 2, "jump", "ssh", "proxy_configuration_error", None, True,
+         "hop 2 (jump): authentication failed (offered publickey (~/.ssh/id)) (denied)"),
+    ),
+    (
+        HopProtocolError("SSH failed: No matching key exchange algorithm"),
+        SSH2,
+        (U, 2, "jump", "ssh", "proxy_internal_response", None, False,
+         "hop 2 (jump): SSH failed: No matching key exchange algorithm"),
+    ),
+    (
+        anyio.EndOfStream(),
+        SSH2,
+        (U, 2, "jump", "ssh", "connection_terminated", None, False,
+         "hop 2 (jump): SSH handshake failed: connection closed"),
+    ),
+    (
+        Expired(5.0),
+        SSH2,
+        (T, 2, "jump", "ssh", "connection_timeout", None, False,
+         "hop 2 (jump): not reached through hop 1 (corp) in 5s"),
+    ),
+    # -- SSH hops: a channel-open refused (OPEN_CONNECT_FAILED = 2, PROHIBITED = 1) ------------
+    (
+        HopAnswer("unreachable", 2, "channel refused: Connection refused"),
+        CHAN2,
+        (U, 3, "lab", "connect", "connection_refused", 2, False,
+         "hop 3 (lab): hop 2 (jump) could not reach it: channel refused: Connection refused"),
+    ),
+    (
+        HopAnswer("prohibited", 1, "channel administratively prohibited: open failed"),
+        CHAN2,
+        (U, 3, "lab", "connect", "destination_ip_prohibited", 1, True,
+         "hop 3 (lab): hop 2 (jump) may not reach it:"
+         " channel administratively prohibited: open failed (denied)"),
+    ),
+    (
+        HopAnswer("unreachable", 2, "channel refused: Connection refused"),
+        CHAN_DEST,
+        (U, 2, "jump", "destination", "destination_unavailable", 2, False,
+         "hop 2 (jump): could not reach example.com:443: channel refused: Connection refused"),
+    ),
+    (
+        HopAnswer("prohibited", 1, "channel administratively prohibited: open failed"),
+        CHAN_DEST,
+        (U, 2, "jump", "destination", "destination_ip_prohibited", 1, False,
+         "hop 2 (jump): could not reach example.com:443:"
+         " channel administratively prohibited: open failed"),
+    ),
+    (
+        HopAnswer("failed", 4, "channel refused: resource shortage"),
+        CHAN2,
+        (U, 2, "jump", "handshake", "proxy_internal_response", 4, False,
+         "hop 2 (jump): channel refused: resource shortage"),
     ),
 ]  # fmt: skip
 

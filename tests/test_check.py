@@ -248,7 +248,9 @@ async def test_json_shape_and_progress_once_per_probe() -> None:
         "latency_ms",
         "elapsed_ms",
         "error",
+        "ssh",  # an SSH hop's host key and login; "" for other hops
     }
+    assert first["ssh"] == ""
     assert (first["hop"], first["candidate"], first["via"], first["outcome"]) == (
         "1",
         "j1a",

@@ -219,7 +219,7 @@ ERROR_CASES = [
         "proxies:\n  corp: ftp://proxy.example\nroutes:\n  - {match: '*', via: corp}\n",
         [
             'routes.yaml:2: proxies.corp: unknown scheme "ftp" in "ftp://proxy.example"'
-            " (expected http, https, socks5, socks5h, socks4, socks4a)"
+            " (expected http, https, socks5, socks5h, socks4, socks4a, ssh)"
         ],
     ),
     (
@@ -285,7 +285,7 @@ ERROR_CASES = [
         "routes:\n  - {match: '*', via: p}\n",
         [
             'routes.yaml:2: proxies.p.url: unknown scheme "ftp" in "ftp://p.example"'
-            " (expected http, https, socks5, socks5h, socks4, socks4a)",
+            " (expected http, https, socks5, socks5h, socks4, socks4a, ssh)",
             "routes.yaml:2: proxies.p.connect_timeout: not a duration: 'never'"
             " (write e.g. 250ms, 5s, 1m30s, 1h)",
             'routes.yaml:2: proxies.p.sni: expected a DNS name, not an IP address: "10.0.0.1"',

@@ -12,7 +12,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from ..errors import BadTarget
 from ..models import Address, Proxy, Scheme, Timeouts
 from ..routing.target import normalize_host
-from ._urls import _parse_url, _ParsedURL
+from ._ssh import SSH_KEYS, ssh_options
+from ._urls import _explicit_port, _parse_url, _ParsedURL
 from ._yaml import _Entries, _is_null, _q, _Reader, _what
 
 _DEFAULT_KEYS = {
@@ -35,6 +36,7 @@ _PROXY_KEYS = (
     "sni",
     "resolve",
     *_BREAKER_KEYS,
+    *SSH_KEYS,
 )
 
 
@@ -103,6 +105,14 @@ class _Proxies(_Reader):
         max_fails = options.count("max_fails", self.defaults.max_fails)
         tls = options.tls()
         resolve = options.resolve()
+        ssh_nodes = {key: options.get(key, "ssh") for key in SSH_KEYS}
+        ssh = None
+        if parsed is not None and parsed[0] == "ssh" and credentials is not None:
+            written = url_node.value if isinstance(url_node, ScalarNode) else ""
+            explicit = _explicit_port(str(written))
+            ssh = ssh_options(self, path, ssh_nodes, parsed[1], explicit, credentials[0])
+            if ssh is None:
+                return None
         if (
             parsed is None
             or not options.ok
@@ -118,6 +128,9 @@ class _Proxies(_Reader):
             return None
         scheme, address, _, _ = parsed
         username, password = credentials
+        ssh_settings = None
+        if ssh is not None:
+            ssh_settings, address, username = ssh
         ca, insecure, sni = tls
         return Proxy(
             name=name,
@@ -135,6 +148,7 @@ class _Proxies(_Reader):
             fail_window=fail_window,
             fail_timeout=fail_timeout,
             line=key_node.start_mark.line + 1,
+            ssh=ssh_settings,
         )
 
     def proxy_url(self, node: Node, path: str) -> _ParsedURL | None:
@@ -209,8 +223,8 @@ class _ProxyOptions:
                 node = pass_node or url_node
                 p.error(node, f"{path}.password", "socks4 sends a user id but no password")
                 return None
-        elif username is not None and password is None:
-            password = ""
+        elif username is not None and password is None and self.scheme != "ssh":
+            password = ""  # (an ssh hop without a password does not try password auth)
         return username, password
 
     def duration(self, key: str, default: float) -> float | None:

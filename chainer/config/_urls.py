@@ -57,6 +57,15 @@ def _parse_url(url: str) -> _ParsedURL:
     return scheme, address, username, password
 
 
+def _explicit_port(url: str) -> bool:
+    """Does the URL write a port (rather than take its scheme's default)?"""
+    rest = url.strip().partition("://")[2].rpartition("@")[2]
+    authority = rest[: _path_start(rest)]
+    if authority.startswith("["):
+        return "]:" in authority
+    return ":" in authority
+
+
 def _redact(url: str) -> str:
     """The URL with everything before the host's "@" shown as `***`, and a port that is not
     a number too: `http://alice:secret` (the host forgotten) holds a password, not a port."""

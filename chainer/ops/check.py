@@ -14,6 +14,9 @@ the previous node instead (one level, as the dialer would fail over), and the po
 probed again. When nothing works, the later positions are "not reached".
 
 Chains are probed concurrently (a few at a time); probes within one chain run in order.
+SSH hops keep their sessions for the whole check (as the router would): a row for an SSH
+hop shows the host key fingerprint it offered and the authentication that worked, and
+later rows through it cost a channel each.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class ProbeResult:
     error: str = ""
     is_target: bool = False
     elapsed: float = 0.0  # the whole probe, path rebuilt included
+    ssh: str = ""  # an SSH hop reached: its host key fingerprint and the auth that worked
 
     @property
     def hop(self) -> str:
@@ -184,9 +188,12 @@ async def check(
         async with limiter:
             reports[i] = await _ChainCheck(dialer, name, via, target, progress).run(routes)
 
-    async with anyio.create_task_group() as tg:
-        for i, (name, via, routes) in enumerate(selected):
-            tg.start_soon(one, i, name, via, routes)
+    try:
+        async with anyio.create_task_group() as tg:
+            for i, (name, via, routes) in enumerate(selected):
+                tg.start_soon(one, i, name, via, routes)
+    finally:
+        await dialer.sessions.aclose()
     return CheckReport(tuple(r for r in reports if r is not None), target)
 
 
@@ -258,7 +265,7 @@ class _ChainCheck:
         started = anyio.current_time()
         outcome: Outcome = "ok"
         latency: float | None = None
-        error = ""
+        error = ssh = ""
         try:
             stream, trace = await self.dialer.probe(list(path), node)
         except (HopError, ChainFailed) as exc:
@@ -268,9 +275,12 @@ class _ChainCheck:
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(stream)
             latency = trace[-1].seconds if trace else None
+            if isinstance(node, Proxy) and node.scheme == "ssh":
+                info = self.dialer.sessions.info(path, node)
+                ssh = "" if info is None else info.describe()
         elapsed = anyio.current_time() - started
         return ProbeResult(
-            self.name, position, label, names, outcome, latency, error, is_target, elapsed
+            self.name, position, label, names, outcome, latency, error, is_target, elapsed, ssh
         )
 
     def _skipped(self, position: int, node: Proxy | Address, path: list[Proxy]) -> ProbeResult:
@@ -314,7 +324,7 @@ def render_table(report: CheckReport) -> str:
             " > ".join(r.path) if r.path else "-",
             "not reached" if r.outcome == "skipped" else r.outcome,
             _ms(r.latency),
-            "" if r.outcome == "skipped" else printable(r.error),
+            "" if r.outcome == "skipped" else printable(r.error or r.ssh),
         )
         for r in report.results
     ]
@@ -365,6 +375,7 @@ def render_json(report: CheckReport) -> dict[str, Any]:
                         "latency_ms": None if r.latency is None else round(r.latency * 1000, 3),
                         "elapsed_ms": round(r.elapsed * 1000, 3),
                         "error": r.error,
+                        "ssh": r.ssh,
                     }
                     for r in c.results
                 ],

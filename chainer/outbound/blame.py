@@ -37,6 +37,7 @@ from ..errors import (
     HopTimeout,
     HopUnreachable,
     Phase,
+    SshDenied,
 )
 from ..text import fmt_seconds, transport_reason
 
@@ -116,13 +117,16 @@ def blame(cause: Cause, where: Where) -> ChainerError | None:
         reason = f"no answer about any next hop ({names})"
         return _at(HopTimeout, where, reason, "connection_read_timeout")
     if isinstance(cause, HopError) or (
-        isinstance(cause, ChainerError) and not isinstance(cause, HopAnswer | HopProtocolError)
+        isinstance(cause, ChainerError)
+        and not isinstance(cause, HopAnswer | HopProtocolError | SshDenied)
     ):
         return None  # already translated, or ours on purpose (a screen's refusal)
     if where.phase == "connect":
         return _connect(cause, where)
     if where.phase == "tls":
         return _tls(cause, where)
+    if where.phase == "ssh":
+        return _ssh(cause, where)
     return _answer(cause, where)
 
 
@@ -178,6 +182,19 @@ def _tls(cause: BaseException, where: Where) -> HopError | None:
     return None
 
 
+def _ssh(cause: BaseException, where: Where) -> HopError | None:
+    if isinstance(cause, SshDenied):
+        error = _at(HopUnreachable, where, f"{cause} (denied)", "proxy_configuration_error")
+        error.denied = True
+        return error
+    if isinstance(cause, HopProtocolError):
+        return _at(HopUnreachable, where, str(cause), "proxy_internal_response")
+    if isinstance(cause, TRANSPORT_ERRORS):
+        reason = f"SSH handshake failed: {transport_reason(cause)}"
+        return _at(HopUnreachable, where, reason, "connection_terminated")
+    return None
+
+
 def _answer(cause: BaseException, where: Where) -> HopError | None:
     if isinstance(cause, HopAnswer):
         return _hop_said(cause, where)
@@ -191,6 +208,8 @@ def _answer(cause: BaseException, where: Where) -> HopError | None:
 
 def _hop_said(answer: HopAnswer, where: Where) -> HopError:
     status = answer.status or None
+    if answer.kind == "prohibited":
+        return _prohibited(answer, where)
     if where.next_hop is None and answer.kind in ("unreachable", "timeout", "failed"):
         # The last hop about the destination: the destination's failure, charged to no
         # hop. A generic failure (SOCKS 0x01, HTTP 500) may hide the hop's own trouble:
@@ -232,6 +251,31 @@ def _hop_said(answer: HopAnswer, where: Where) -> HopError:
         status=status,
         proxy_status="http_request_denied" if denied else "proxy_internal_response",
         denied=denied,
+    )
+
+
+def _prohibited(answer: HopAnswer, where: Where) -> HopError:
+    """The hop's policy forbids the target (SSH "administratively prohibited"): about the
+    next hop, that edge is denied; about the destination, the destination is refused
+    there (another last hop may allow it), and the hop is not to blame."""
+    status = answer.status or None
+    if where.next_hop is None:
+        return HopUnreachable(
+            where.index,
+            where.hop,
+            "destination",
+            f"could not reach {where.target}: {answer.text}",
+            status=status,
+            proxy_status="destination_ip_prohibited",
+        )
+    return HopUnreachable(
+        where.index + 1,
+        where.next_hop,
+        "connect",
+        f"hop {where.index} ({where.hop}) may not reach it: {answer.text} (denied)",
+        status=status,
+        proxy_status="destination_ip_prohibited",
+        denied=True,
     )
 
 

@@ -4,7 +4,8 @@ Connectors take no timeouts (the dialer's steps own the clock) and know nothing 
 chains: they raise HopAnswer when the hop answered with a failure and HopProtocolError
 when it did not answer properly; transport errors (OSError, EndOfStream,
 BrokenResourceError, ssl.SSLError) pass through for the blame table to translate once.
-Reaching the hop itself (TCP, TLS) is `tcp.py`'s job.
+Reaching the hop itself (TCP, TLS) is `tcp.py`'s job, and an SSH hop's session
+`ssh.py`'s: asking an SSH hop is opening a channel on its session.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, S
 from ..relay.streams import with_prefix
 from ..text import READ_SIZE, printable
 from .resolve import SYSTEM
+from .ssh import open_channel
 
 __all__ = ["ask", "http_connect", "socks4_connect", "socks5_connect"]
 
@@ -41,6 +43,10 @@ _UNREACHABLE = {404, 502, 503}
 
 async def ask(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
     """Ask `proxy` (reached over `stream`) to open a tunnel to `target`."""
+    if proxy.scheme == "ssh":
+        channel = await open_channel(stream, target)
+        await stream.aclose()  # the SshReached stand-in: the channel holds the session now
+        return channel
     if proxy.scheme in ("http", "https"):
         return await http_connect(stream, proxy, target)
     if proxy.scheme in ("socks5", "socks5h"):

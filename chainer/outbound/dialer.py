@@ -50,6 +50,7 @@ from . import steps
 from .blame import DeadlineExceeded, NoneReached, Where, blame
 from .health import Health, Trial
 from .resolve import SYSTEM, Resolver
+from .ssh import SshSessions
 from .steps import Deadline, Forward, HopTrace, close_now
 from .tcp import Screen
 
@@ -141,11 +142,14 @@ class Dialer:
         *,
         max_attempts: int = MAX_ATTEMPTS,
         resolver: Resolver = SYSTEM,
+        sessions: SshSessions | None = None,
     ) -> None:
         self.defaults = defaults
         self.health = health or Health()
         self.max_attempts = max_attempts
         self.resolver = resolver
+        # SSH hops' shared sessions (ssh.py); the ssh-agent is found as ssh finds it.
+        self.sessions = sessions if sessions is not None else SshSessions.from_environment()
 
     async def dial(
         self,
@@ -195,7 +199,7 @@ class Dialer:
         self, path: Sequence[Proxy], target: Proxy | Address | None = None
     ) -> tuple[ByteStream, list[HopTrace]]:
         """`steps.probe` within this dialer's deadline (for `chainer check`)."""
-        return await steps.probe(path, target, self.defaults.deadline)
+        return await steps.probe(path, target, self.defaults.deadline, self.sessions)
 
     async def _direct(self, run: _Run, screen: Screen | None, trace: list[HopTrace]) -> ByteStream:
         started = anyio.current_time()
@@ -219,10 +223,13 @@ class Dialer:
         """Consumes `prev` (a stream that reaches path[-1]); returns one to the destination.
         `parent` is path[-1]'s trial, told `answered` when that hop's answer is read."""
         if pos == len(via.hops):
-            assert prev is not None
             assert parent is not None
             run.spend(1)
             with run.recording():
+                if prev is None:  # every hop deferred to a session that is gone now
+                    prev = await steps.reach_path(
+                        path, run.deadline, resolver=self.resolver, sessions=self.sessions
+                    )
                 if run.forward is not None and path[-1].scheme in ("http", "https"):
                     # An HTTP proxy takes a plain-HTTP request as it is; many (squid's
                     # default) refuse to CONNECT to port 80. Its answer is awaited like
@@ -230,7 +237,14 @@ class Dialer:
                     stream = await steps.forward(prev, path, run.target, run.forward, run.deadline)
                     run.forward_to = path[-1]
                 else:
-                    stream = await steps.ask_destination(prev, path, run.target, run.deadline)
+                    stream = await steps.ask_destination(
+                        prev,
+                        path,
+                        run.target,
+                        run.deadline,
+                        resolver=self.resolver,
+                        sessions=self.sessions,
+                    )
             parent.answered()
             return stream
         edge_from = path[-1].name if path else ""
@@ -251,7 +265,7 @@ class Dialer:
                 run.tried(pos, candidate.name)
                 with self.health.trial(edge_from, candidate) as trial:
                     try:
-                        stream, seconds = await self._next(run, link, path, candidate)
+                        reached, seconds = await self._next(run, link, via, path, candidate)
                     except HopError as exc:
                         if parent is not None and _previous_answered(exc, pos):
                             parent.answered()
@@ -261,13 +275,14 @@ class Dialer:
                         # no answer at all from the previous hop (not its 504)
                         timeouts += exc.timeout and exc.phase == "connect" and not exc.status
                         continue
-                    if parent is not None:
+                    if parent is not None and reached is not None:
                         parent.answered()  # it answered our request for this candidate
-                    trial.reached(seconds)
+                    if reached is not None:  # (None: deferred, not measured)
+                        trial.reached(seconds)
                     trace.append(HopTrace(pos + 1, candidate.name, seconds))
                     try:
                         return await self._extend(
-                            via, run, stream, pos + 1, [*path, candidate], trace, trial
+                            via, run, reached, pos + 1, [*path, candidate], trace, trial
                         )
                     except _Exhausted as exc:
                         del trace[pos:]
@@ -293,15 +308,28 @@ class Dialer:
         raise _Exhausted(only_destination=bool(failures) and destinations == failures)
 
     async def _next(
-        self, run: _Run, link: _Link, path: list[Proxy], candidate: Proxy
-    ) -> tuple[ByteStream, float]:
+        self, run: _Run, link: _Link, via: Via, path: list[Proxy], candidate: Proxy
+    ) -> tuple[ByteStream | None, float]:
         """A stream to `candidate` through `link` (rebuilt first when it was lost), and how
         long reaching it took. A hop that answers a failure but keeps its connection
-        leaves it in `link`, to ask the next candidate over it."""
+        leaves it in `link`, to ask the next candidate over it.
+
+        SSH sessions change this in two ways. A candidate through which a live session of
+        a later SSH hop of this chain runs is not reached now (None, "deferred"): that
+        hop's tunnels need nothing but its session, and if they do after all, the path
+        is rebuilt then. And an SSH candidate is given no rebuilt path: its step rebuilds
+        one only if it has no session to use."""
+        if self.sessions.carries([*path, candidate], via.hops):
+            await close_now(link.stream)  # (a survivor kept for this position)
+            link.stream, link.reused = None, False
+            return None, 0.0
         for _ in range(2):  # a kept connection found closed is replaced once
-            if link.stream is None and path:
+            lazy = candidate.scheme == "ssh"
+            if link.stream is None and path and not lazy:
                 run.spend(len(path))
                 link.stream = await self._rebuild(run, path)
+            elif link.stream is None and path and self.sessions.live(path, candidate) is None:
+                run.spend(len(path))  # (the ssh step rebuilds it, if no one else builds)
             run.spend(1)
             prev, reused = link.stream, link.reused
             link.stream, link.reused = None, False  # reach consumes it, whatever happens
@@ -309,7 +337,13 @@ class Dialer:
             try:
                 with run.recording():
                     stream = await steps.reach(
-                        prev, path, candidate, run.deadline, reused=reused, resolver=self.resolver
+                        prev,
+                        path,
+                        candidate,
+                        run.deadline,
+                        reused=reused,
+                        resolver=self.resolver,
+                        sessions=self.sessions,
                     )
             except steps.Stale:
                 continue  # nothing learnt: ask again on a new connection, charging no one
@@ -342,11 +376,14 @@ class Dialer:
         """Reach the same nodes again after a failure cost us the connection. A failure
         here is charged like any other (and unwinds to the position at fault)."""
         with run.recording():
-            return await steps.reach_path(path, run.deadline, resolver=self.resolver)
+            return await steps.reach_path(
+                path, run.deadline, resolver=self.resolver, sessions=self.sessions
+            )
 
 
 def _previous_answered(error: HopError, pos: int) -> bool:
     """Did the hop before position `pos` answer, given this failure of the candidate at
     `pos`? Yes when its answer is what failed the candidate (an HTTP status or SOCKS code
-    about it) or when TLS with the candidate had begun (so the tunnel was granted)."""
-    return error.index == pos + 1 and (error.status is not None or error.phase == "tls")
+    about it) or when TLS or SSH with the candidate had begun (so the tunnel was
+    granted)."""
+    return error.index == pos + 1 and (error.status is not None or error.phase in ("tls", "ssh"))

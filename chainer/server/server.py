@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..models import Config, Listener, Proxy
+from ..outbound.ssh import insecure_host_keys
 from ..relay import RelayOptions
 from ..router import Router
 from ..text import plural
@@ -71,7 +72,10 @@ class Server:
         }
         health = self.router.dialer.health
         health.forget(changed)
-        self.router = Router(config, health)
+        sessions = self.router.dialer.sessions
+        sessions.forget(changed)  # live tunnels keep theirs; new ones get new sessions
+        self.router = Router(config, health, sessions)
+        insecure_host_keys(config.proxies)
         if _unlined(config.listeners) != _unlined(self._serving):
             log.warning("listener changes take effect at the next restart")
         log.info(
@@ -115,6 +119,7 @@ class Server:
     ) -> None:
         listeners = listeners if listeners is not None else self.router.config.listeners
         self._serving = tuple(listeners)
+        insecure_host_keys(self.router.config.proxies)
         sockets = bind(listeners)
         self.bound.extend(address(sock) for _, sock in sockets)
         try:
@@ -151,6 +156,7 @@ class Server:
             # ever ran did not.
             for _, sock in sockets:
                 sock.close()
+            await self.router.aclose()  # the SSH sessions (shielded, bounded)
 
     async def _drain(self) -> None:
         log.info("stopped accepting; %s open", plural(self.active, "connection"))

@@ -27,7 +27,9 @@ class Router:
     def __init__(self, config: Config, health: Health | None = None) -> None:
         self.config = config
         self.table = RouteTable(config.routes)
-        self.dialer = Dialer(config.defaults, health, max_attempts=config.limits.max_attempts)
+        self.dialer = Dialer(
+            config.defaults, health, max_attempts=config.limits.max_attempts, mark=config.mark
+        )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Router:

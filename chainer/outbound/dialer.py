@@ -141,11 +141,13 @@ class Dialer:
         *,
         max_attempts: int = MAX_ATTEMPTS,
         resolver: Resolver = SYSTEM,
+        mark: int | None = None,
     ) -> None:
         self.defaults = defaults
         self.health = health or Health()
         self.max_attempts = max_attempts
         self.resolver = resolver
+        self.mark = mark  # SO_MARK on every upstream socket (transparent set-ups' rules skip it)
 
     async def dial(
         self,
@@ -201,7 +203,7 @@ class Dialer:
         started = anyio.current_time()
         with run.recording():
             stream = await steps.direct(
-                run.target, screen, self.defaults.connect, run.deadline, self.resolver
+                run.target, screen, self.defaults.connect, run.deadline, self.resolver, self.mark
             )
         trace.append(HopTrace(0, "direct", anyio.current_time() - started))
         return stream
@@ -309,7 +311,13 @@ class Dialer:
             try:
                 with run.recording():
                     stream = await steps.reach(
-                        prev, path, candidate, run.deadline, reused=reused, resolver=self.resolver
+                        prev,
+                        path,
+                        candidate,
+                        run.deadline,
+                        reused=reused,
+                        resolver=self.resolver,
+                        mark=self.mark,
                     )
             except steps.Stale:
                 continue  # nothing learnt: ask again on a new connection, charging no one
@@ -342,7 +350,9 @@ class Dialer:
         """Reach the same nodes again after a failure cost us the connection. A failure
         here is charged like any other (and unwinds to the position at fault)."""
         with run.recording():
-            return await steps.reach_path(path, run.deadline, resolver=self.resolver)
+            return await steps.reach_path(
+                path, run.deadline, resolver=self.resolver, mark=self.mark
+            )
 
 
 def _previous_answered(error: HopError, pos: int) -> bool:

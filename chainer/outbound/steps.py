@@ -141,11 +141,12 @@ async def direct(
     connect: float,
     deadline: Deadline,
     resolver: Resolver = SYSTEM,
+    mark: int | None = None,
 ) -> ByteStream:
     """TCP to the destination itself (a `direct` route), within `connect` seconds."""
     where = Where(0, "direct", "connect", str(target))
     limits = [Limit(anyio.current_time() + connect, Expired(connect), where), deadline.limit(where)]
-    return await _translated(limits, where, lambda: tcp.open_direct(target, screen, resolver))
+    return await _translated(limits, where, lambda: tcp.open_direct(target, screen, resolver, mark))
 
 
 async def reach(
@@ -156,6 +157,7 @@ async def reach(
     *,
     reused: bool = False,
     resolver: Resolver = SYSTEM,
+    mark: int | None = None,
 ) -> ByteStream:
     """A stream to `proxy`, ready for its request: TCP for hop 1, else a request to
     path[-1] over `prev` (kept from a failed request when `reused`); then TLS for an https
@@ -172,7 +174,7 @@ async def reach(
             stream = await _translated(
                 [reach_limit, deadline.limit(blamed)],
                 blamed,
-                lambda: tcp.open_tcp(proxy.address, resolver),
+                lambda: tcp.open_tcp(proxy.address, resolver, mark),
             )
         else:
             assert prev is not None
@@ -268,6 +270,7 @@ async def reach_path(
     deadline: Deadline,
     trace: list[HopTrace] | None = None,
     resolver: Resolver = SYSTEM,
+    mark: int | None = None,
 ) -> ByteStream:
     """Reach every node of `path` in order, hop 1 directly and each next one through the
     ones before, appending to `trace` as each is reached. No failover: the first failure
@@ -276,7 +279,7 @@ async def reach_path(
     for pos, proxy in enumerate(path):
         started = anyio.current_time()
         try:
-            stream = await reach(stream, path[:pos], proxy, deadline, resolver=resolver)
+            stream = await reach(stream, path[:pos], proxy, deadline, resolver=resolver, mark=mark)
         except Survived as exc:
             await close_now(exc.stream)
             raise exc.error from None

@@ -114,15 +114,30 @@ class Occupancy:
             await self._empty.wait()
 
 
-def bind(listeners: Sequence[Listener]) -> list[tuple[Listener, socket.socket]]:
-    """A listening socket per listener; if one cannot be bound, none stays open."""
+def bind(
+    listeners: Sequence[Listener], mark: int | None = None
+) -> list[tuple[Listener, socket.socket]]:
+    """A listening socket per listener; if one cannot be bound, none stays open. With
+    `mark` (the SO_MARK of upstream sockets), transparent listeners' connections carry
+    it too, and a process that may not set it is told so now, not at each connection."""
     bound: list[tuple[Listener, socket.socket]] = []
+    if mark is not None:
+        try:
+            sockstream.check_mark(mark)
+        except OSError as exc:
+            raise OSError(f"cannot mark upstream connections (defaults.mark): {exc}") from None
     try:
         for listener in listeners:
+            what = "a listener" if listener.transparent is None else "a transparent listener"
             try:
-                sock = sockstream.listen(listener.address.host, listener.address.port)
+                sock = sockstream.listen(
+                    listener.address.host,
+                    listener.address.port,
+                    transparent=listener.transparent == "tproxy",
+                    mark=mark if listener.transparent is not None else None,
+                )
             except OSError as exc:
-                raise cannot_listen(exc, str(listener.address), "a listener") from None
+                raise cannot_listen(exc, str(listener.address), what) from None
             bound.append((listener, sock))
             log.info("listening on %s", Address(*address(sock)))
             if listener.open and not listener.loopback:

@@ -200,9 +200,13 @@ def netns_socket(
     return made
 
 
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def free_port_in(ns: str, host: str) -> int:
     """A TCP port on ``host`` in ``ns`` that was free a moment ago."""
-    with netns_socket(ns) as sock:
+    with netns_socket(ns, _family(host)) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
@@ -210,7 +214,7 @@ def free_port_in(ns: str, host: str) -> int:
 
 def accepts_in(ns: str, host: str, port: int, timeout: float = 0.5) -> bool:
     """One try from inside ``ns``: does ``host:port`` accept a TCP connection?"""
-    with netns_socket(ns) as sock:
+    with netns_socket(ns, _family(host)) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect((host, port))
@@ -1020,3 +1024,22 @@ def start_danted_verbose_in(ns: str, listen: str, workdir: Path) -> int:
 
 
 DANTED_VERBOSE = HopKind("danted", "socks5h", start_danted_verbose_in)
+
+
+DUAL_ORIGIN_SERVER = ORIGIN_SERVER.replace(
+    "ThreadingHTTPServer.daemon_threads = True",
+    "ThreadingHTTPServer.daemon_threads = True\n"
+    "if ':' in host:\n"
+    "    import socket\n"
+    "    ThreadingHTTPServer.address_family = socket.AF_INET6",
+)
+
+
+def start_dual_origin_in(
+    ns: str, listen: str, workdir: Path, port: int = 80, prefix: str = "origin:"
+) -> ManagedProcess:
+    """:func:`start_origin_in` that may also listen on an IPv6 address."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-c", DUAL_ORIGIN_SERVER, listen, str(port), prefix]
+    log = workdir / f"origin-{listen.replace(':', '_')}.out"
+    return netns_popen(ns, argv, log, ready=(listen, port), name="origin")

@@ -80,7 +80,7 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
         if self.errors:
             return None
         if not self.mark_given and any(ln.transparent for ln in listeners):
-            self.mark = DEFAULT_MARK  # only then: SO_MARK needs CAP_NET_ADMIN
+            self.mark = DEFAULT_MARK  # only then: SO_MARK needs privileges
         return Config(
             path=self.file,
             listeners=listeners,

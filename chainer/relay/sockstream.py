@@ -132,7 +132,7 @@ def listen(
     """A listening socket. `transparent`: IP_TRANSPARENT (and IPV6_TRANSPARENT), so that
     nftables' tproxy may hand it connections addressed elsewhere; `mark`: the SO_MARK of
     the connections it accepts (their packets, replies included, then pass the capture
-    rules untouched). Both need CAP_NET_ADMIN."""
+    rules untouched). Both need CAP_NET_ADMIN (or CAP_NET_RAW)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # [::] takes IPv4 clients too (as ::ffff:a.b.c.d), as squid's and most servers' do.
     dualstack = host == "::" and socket.has_dualstack_ipv6()
@@ -172,7 +172,7 @@ def _privileged(sock: socket.socket, level: int, option: int, value: int, name: 
     except PermissionError:
         # No errno: the message itself is what callers show.
         raise PermissionError(
-            f"{name} needs CAP_NET_ADMIN (run as root or grant the capability)"
+            f"{name} needs CAP_NET_ADMIN or CAP_NET_RAW (run as root or grant one)"
         ) from None
 
 

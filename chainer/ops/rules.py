@@ -81,6 +81,11 @@ def rules(config: Config, mode: Transparent | None = None, *, delete: bool = Fal
         f"# chainer rules for {config.path}: "
         + ", ".join(f"{s.label} ({s.mode} {s.listener.address})" for s in selected),
     ]
+    if config.mark is None:
+        head.append(
+            "# defaults.mark is false: chainer's own connections carry no mark for these "
+            "rules to skip"
+        )
     if routing:
         how = f"chainer rules -c {config.path} --routing{' --delete' if delete else ''} | sh"
         what = "remove tproxy's policy routing too" if delete else "tproxy needs policy routing too"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from netns import lone_namespace, netns_run, nft_apply
+from test_examples import BLOCKS
 
 from chainer.config import parse_config
 from chainer.models import Config
@@ -250,3 +251,29 @@ def test_nft_takes_the_ruleset_again_and_again_and_deletes_it(namespace: str, cf
     assert "chainer" not in tables(namespace)
     sh(namespace, removal.routing)
     assert "lookup 712" not in netns_run(namespace, ["ip", "rule", "list"]).stdout.decode()
+
+
+README_TRANSPARENT = [
+    (doc, line, block)
+    for doc, line, block in BLOCKS
+    if doc == "README.md" and "transparent:" in block and not block.startswith("# fragment")
+]
+
+
+def test_the_readme_shows_both_set_ups() -> None:
+    assert len(README_TRANSPARENT) >= 2
+    kinds = [
+        rules(parse_config(block, f"README.md:{line}")).nft for _, line, block in README_TRANSPARENT
+    ]
+    assert any("\tchain redirect_local {" in text for text in kinds)
+    assert any("\tchain redirect_lan {" in text for text in kinds)
+
+
+@pytest.mark.interop
+@pytest.mark.netns
+def test_nft_takes_the_readmes_rulesets(namespace: str) -> None:
+    for _, line, block in README_TRANSPARENT:
+        nft_apply(namespace, rules(parse_config(block, f"README.md:{line}")).nft)
+        for mode in ("redirect", "tproxy"):  # the same listeners in the other mode too
+            other = block.replace("transparent: redirect", f"transparent: {mode}")
+            nft_apply(namespace, rules(parse_config(other, f"README.md:{line}")).nft)

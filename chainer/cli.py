@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("selector", nargs="?", metavar="CHAIN|ROUTE", help="e.g. lab or routes[2]")
     check.add_argument("--target", metavar="HOST[:PORT]", help="finally ask for this")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument(
+        "--sni",
+        metavar="NAME",
+        help="with --target ADDRESS:PORT: ask for NAME:PORT, as for a captured connection "
+        "whose first flight named NAME; without CHAIN|ROUTE, the route NAME matches",
+    )
 
     rules = with_config(
         sub.add_parser("rules", help="the nftables ruleset for the transparent listeners")
@@ -206,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "rules":
         sys.exit(_rules(config, args.mode, args.delete, args.routing))
     if args.command == "check":
-        sys.exit(_check(config, args.selector, args.target, args.json))
+        sys.exit(_check(config, args.selector, args.target, args.json, args.sni))
     if args.command == "run":
         sys.exit(_run(args, config))
     if args.command == "env":
@@ -250,12 +256,26 @@ def _explain(
     return EXIT_OK
 
 
-def _check(config: Config, selector: str | None, target_text: str | None, as_json: bool) -> int:
+def _check(
+    config: Config,
+    selector: str | None,
+    target_text: str | None,
+    as_json: bool,
+    sni: str | None = None,
+) -> int:
     from .ops.check import ProbeResult, UnknownSelector, check, render_json, render_table
-    from .ops.explain import parse_destination
+    from .ops.explain import explain, parse_destination
 
     try:
         target = parse_destination(target_text)[0] if target_text else None
+        if sni is not None:
+            if target is None:
+                raise BadTarget("--sni needs --target ADDRESS:PORT, the captured destination")
+            named = explain(config, target, sni=sni)  # the name, as the server takes it
+            target = named.target
+            if selector is None and named.route is None:
+                raise BadTarget(f"no route matches {target}")
+            selector = selector or named.route
     except BadTarget as exc:
         _error(exc)
         return EXIT_USAGE

@@ -24,6 +24,14 @@ when ``CHAINER_CI`` is set.
 
 Hop starters (:data:`HopStarter`) start a proxy inside a namespace on a given address and
 return its port; :class:`HopKind` pairs one with the URL scheme used to reach it.
+
+For transparent capture (at the end): ``add_hosts`` and ``add_route`` (a captured range,
+never a default route), ``leaf_namespace`` (a LAN behind a namespace acting as its
+gateway), ``linked_pair`` (two namespaces with IPv6 on their link), ``nft_apply`` and
+``nft_counter`` (the real nft), ``start_squid_in`` / ``SQUID``, ``start_danted_verbose_in``
+/ ``DANTED_VERBOSE`` (dante logging each request as received, names included), and
+origins: ``start_tls_origin_in``, ``start_banner_in`` (the server speaks first),
+``start_dual_origin_in`` (IPv6 too).
 """
 
 from __future__ import annotations

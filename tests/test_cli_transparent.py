@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from realproxies import Endpoint, Origin
 
 from chainer.cli import main
 
@@ -136,3 +137,44 @@ def test_help_shows_the_two_commands(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 2
     assert "chainer rules | nft -f -" in out
     assert "chainer explain 203.0.113.7:443 --sni app.corp.example" in out
+
+
+def test_check_sni_asks_the_last_hop_for_the_name_on_the_names_route(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    tinyproxy: Endpoint,
+    plain_origin: Origin,
+) -> None:
+    """tinyproxy is asked for `localhost:PORT` (it resolves the name), not for the
+    address the captured connection was going to (203.0.113.7, which leads nowhere)."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f"proxies: {{tiny: 'http://{tinyproxy.hostport}'}}\n"
+        "routes:\n"
+        "  - {match: '203.0.113.0/24', via: reject}\n"
+        "  - {match: localhost, via: [tiny]}\n"
+    )
+    target = f"203.0.113.7:{plain_origin.port}"
+    code, out, err = cli(
+        capsys, "check", "-c", str(path), "--target", target, "--sni", "localhost", "--json"
+    )
+    assert code == 0, (out, err)
+    report = json.loads(out)
+    assert report["ok"]
+    assert report["target"] == f"localhost:{plain_origin.port}"
+    assert [c["routes"] for c in report["chains"]] == [["routes[1]"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sni", "app.corp.example"], "--sni needs --target"),
+        (["--target", "203.0.113.7:443", "--sni", "ads.example"], "routes[2] sends direct"),
+    ],
+)
+def test_check_sni_usage_errors(
+    capsys: pytest.CaptureFixture[str], config: str, args: list[str], message: str
+) -> None:
+    code, out, err = cli(capsys, "check", "-c", config, *args)
+    assert (code, out) == (2, "")
+    assert message in err

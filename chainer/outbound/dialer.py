@@ -197,7 +197,7 @@ class Dialer:
         self, path: Sequence[Proxy], target: Proxy | Address | None = None
     ) -> tuple[ByteStream, list[HopTrace]]:
         """`steps.probe` within this dialer's deadline (for `chainer check`)."""
-        return await steps.probe(path, target, self.defaults.deadline)
+        return await steps.probe(path, target, self.defaults.deadline, self.mark)
 
     async def _direct(self, run: _Run, screen: Screen | None, trace: list[HopTrace]) -> ByteStream:
         started = anyio.current_time()

@@ -290,7 +290,7 @@ async def reach_path(
 
 
 async def probe(
-    path: Sequence[Proxy], target: Proxy | Address | None, total: float
+    path: Sequence[Proxy], target: Proxy | Address | None, total: float, mark: int | None = None
 ) -> tuple[ByteStream, list[HopTrace]]:
     """For `chainer check`: reach every node of `path`, then, if given, `target` (one
     more hop, or a destination asked of the last hop), within `total` seconds. No
@@ -300,7 +300,7 @@ async def probe(
     nodes = [*path, target] if isinstance(target, Proxy) else list(path)
     trace: list[HopTrace] = []
     try:
-        stream = await reach_path(nodes, deadline, trace)
+        stream = await reach_path(nodes, deadline, trace, mark=mark)
         if isinstance(target, Address):
             started = anyio.current_time()
             stream = await ask_destination(stream, nodes, target, deadline)

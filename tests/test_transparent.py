@@ -333,3 +333,42 @@ def test_without_cap_net_admin_serve_says_so_and_exits_1(tmp_path: Path) -> None
     )
     assert done.returncode == 1, done.stderr
     assert "SO_MARK needs CAP_NET_ADMIN or CAP_NET_RAW" in done.stderr
+
+
+async def test_over_the_connection_limit_a_captured_client_is_reset_not_answered_in_http(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "listen: [{address: '127.0.0.1:0', transparent: redirect}]\n"
+        "defaults: {mark: false, sniff: {timeout: 5s}}\n"
+        "limits: {max_connections: 1}\n"
+        "routes: [{match: '*', via: direct}]\n"
+    )
+    async with running_chainer(text, tmp_path) as bound:
+        host, port = bound[0]
+        async with await anyio.connect_tcp(host, port):  # holds the one slot, sniffed
+            await anyio.sleep(0.2)
+            async with await anyio.connect_tcp(host, port) as second:
+                with pytest.raises(anyio.BrokenResourceError), anyio.fail_after(3):
+                    await second.receive()
+
+
+def test_the_access_line_and_its_json_say_how_a_connection_was_captured() -> None:
+    from chainer.server.logs import ConnRecord
+
+    record = ConnRecord(7, "192.168.1.23:50312", target=Address("app.corp.example", 443))
+    plain = ConnRecord(8, "127.0.0.1:1", target=Address("app.corp.example", 443))
+    record.inbound, record.sniffed = "redirect", "sni"
+    record.original = Address("203.0.113.7", 443)
+    assert (
+        "dest=app.corp.example:443 original=203.0.113.7:443 inbound=redirect sniffed=sni "
+        "route=-" in record.line()
+    )
+    fields = record.fields()
+    assert (fields["original"], fields["inbound"], fields["sniffed"]) == (
+        "203.0.113.7:443",
+        "redirect",
+        "sni",
+    )
+    assert "original=" not in plain.line()
+    assert "inbound" not in plain.fields()

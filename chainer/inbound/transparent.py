@@ -37,7 +37,7 @@ from ..routing.target import normalize_host
 from .answers import Failure
 from .base import ClientError, Request
 
-__all__ = ["TransparentInbound", "original_destination", "read_first_flight"]
+__all__ = ["TransparentInbound", "original_destination", "read_first_flight", "reset_on_close"]
 
 log = logging.getLogger("chainer")
 
@@ -126,16 +126,16 @@ class TransparentInbound:
         return Request("connect", original, original=original, sniffed="none")
 
     async def reject(self, error: ClientError) -> None:
-        _reset(self.stream.sock)
+        reset_on_close(self.stream.sock)
 
     async def refuse(self, failure: Failure) -> None:
-        _reset(self.stream.sock)
+        reset_on_close(self.stream.sock)
 
     async def established(self) -> ByteStream:
         return with_prefix(self.stream, self.flight)
 
 
-def _reset(sock: socket.socket) -> None:
+def reset_on_close(sock: socket.socket) -> None:
     """Make the coming close a reset (RST), as a firewall's refusal would look."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

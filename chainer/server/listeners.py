@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..inbound import error_response, send_quietly
+from ..inbound.transparent import reset_on_close
 from ..models import Address, Limits, Listener
 from ..proto import NEED_DATA, ProtocolError
 from ..proto.proxy_protocol import ProxyHeader, ProxyHeaderReader
@@ -191,7 +192,7 @@ async def accept(
                 continue
             refusal = occupancy.refusal(peer[0], not listener.loopback)
             if refusal is not None:
-                connections.start_soon(_turn_away, client, refusal)
+                connections.start_soon(_turn_away, client, refusal, listener.transparent is None)
                 continue
             occupancy.enter(peer[0])
             connections.start_soon(handle, client, door, peer)
@@ -209,11 +210,14 @@ def peer_of(client: SockStream) -> tuple[str, int]:
     return str(peer[0]), int(peer[1])
 
 
-async def _turn_away(client: SockStream, why: str) -> None:
+async def _turn_away(client: SockStream, why: str, http: bool = True) -> None:
     """Over max_connections or limits.per_client: say so (in HTTP, the likeliest
-    protocol) and close."""
+    protocol) and close; a captured client, who speaks no protocol to us, is reset."""
     async with client:
-        await send_quietly(client, error_response(503, why))
+        if http:
+            await send_quietly(client, error_response(503, why))
+        else:
+            reset_on_close(client.sock)
 
 
 def _within(host: str, networks: tuple[IPNetwork, ...]) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from typing import Literal, TypeVar, cast
+from typing import TypeVar, cast
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -129,22 +129,21 @@ class _Transparent(_Reader):
                     node, f"{path}.transparent", f"expected redirect or tproxy, got {_what(node)}"
                 )
                 return None
-            mode = cast(Literal["redirect", "tproxy"], text)
+            mode = cast(Transparent, text)
         if mode is None:
-            for key in ("capture", "sniff"):
-                if key in entries:
-                    self.error(entries[key][0], f"{path}.{key}", "only for a transparent listener")
-            return (None, None, None) if not ({"capture", "sniff"} & entries.keys()) else None
-        ok = True
-        for key in ("tls", "auth", "proxy_protocol"):
-            if key in entries:
-                self.error(
-                    entries[key][0],
-                    f"{path}.{key}",
-                    "a transparent listener speaks no protocol to its clients: no tls:, auth: "
-                    "or proxy_protocol:",
-                )
-                ok = False
+            misplaced = [key for key in ("capture", "sniff") if key in entries]
+            for key in misplaced:
+                self.error(entries[key][0], f"{path}.{key}", "only for a transparent listener")
+            return None if misplaced else (None, None, None)
+        spoken = [key for key in ("tls", "auth", "proxy_protocol") if key in entries]
+        for protocol in spoken:
+            self.error(
+                entries[protocol][0],
+                f"{path}.{protocol}",
+                "a transparent listener speaks no protocol to its clients: no tls:, auth: "
+                "or proxy_protocol:",
+            )
+        ok = not spoken
         capture = None
         if "capture" in entries:
             capture = self.read_capture(entries["capture"][1], f"{path}.capture")

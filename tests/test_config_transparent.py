@@ -127,8 +127,14 @@ def test_a_transparent_listener_on_any_address_needs_no_allow() -> None:
         ),
         (
             "listen: [{address: 127.0.0.1:1, transparent: redirect, auth: {users: {a: b}}}]",
-            "routes.yaml:1: listen[0].auth: a transparent listener speaks no proxy protocol: "
-            "no tls: or auth:",
+            "routes.yaml:1: listen[0].auth: a transparent listener speaks no protocol to its "
+            "clients: no tls:, auth: or proxy_protocol:",
+        ),
+        (
+            "listen: [{address: 127.0.0.1:1, transparent: tproxy, proxy_protocol: true, "
+            "proxy_protocol_from: [10.0.0.0/8]}]",
+            "routes.yaml:1: listen[0].proxy_protocol: a transparent listener speaks no protocol "
+            "to its clients: no tls:, auth: or proxy_protocol:",
         ),
         (
             "listen: [{address: 127.0.0.1:1, transparent: redirect, capture: {}}]",

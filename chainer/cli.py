@@ -10,12 +10,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from typing import cast
 
 import anyio
 
 from .config import load_config
 from .errors import BadTarget, ConfigErrors
-from .models import Config
+from .models import Config, Transparent
 from .relay import RelayOptions
 from .server.logs import setup_logging
 from .server.run import run_server
@@ -40,6 +41,9 @@ examples:
                                          which rule, chain and hops it would get
   chainer check lab --target db.lab.corp.example:5432
                                          probe chain "lab" hop by hop
+  chainer explain 203.0.113.7:443 --sni app.corp.example
+                                         what a captured connection would get
+  chainer rules | nft -f -               capture TCP into the transparent listeners
   chainer demo                           a chained topology in one process
   chainer run -- curl https://example.com/
                                          one command through the route table
@@ -101,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         "--live", action="store_true", help="add hop health from the running admin endpoint"
     )
     explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.add_argument(
+        "--sni",
+        metavar="NAME",
+        help="a captured connection to HOST:PORT whose first flight named NAME (TLS SNI "
+        "or HTTP Host)",
+    )
 
     check = with_config(
         sub.add_parser("check", help="probe each chain hop by hop, through the hops before it")
@@ -108,6 +118,23 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("selector", nargs="?", metavar="CHAIN|ROUTE", help="e.g. lab or routes[2]")
     check.add_argument("--target", metavar="HOST[:PORT]", help="finally ask for this")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument(
+        "--sni",
+        metavar="NAME",
+        help="with --target ADDRESS:PORT: ask for NAME:PORT, as for a captured connection "
+        "whose first flight named NAME; without CHAIN|ROUTE, the route NAME matches",
+    )
+
+    rules = with_config(
+        sub.add_parser("rules", help="the nftables ruleset for the transparent listeners")
+    )
+    rules.add_argument("--mode", choices=["redirect", "tproxy"], help="only these listeners")
+    rules.add_argument("--delete", action="store_true", help="what removes them instead")
+    rules.add_argument(
+        "--routing",
+        action="store_true",
+        help="only tproxy's policy routing (ip rule, ip route), as shell commands",
+    )
 
     sub.add_parser("demo", help="a local chained topology in one process, and its trace")
 
@@ -181,9 +208,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{args.config}: ok ({counts})")
         sys.exit(EXIT_OK)
     if args.command == "explain":
-        sys.exit(_explain(config, args.destination, args.live, args.json))
+        sys.exit(_explain(config, args.destination, args.live, args.json, args.sni))
+    if args.command == "rules":
+        sys.exit(_rules(config, args.mode, args.delete, args.routing))
     if args.command == "check":
-        sys.exit(_check(config, args.selector, args.target, args.json))
+        sys.exit(_check(config, args.selector, args.target, args.json, args.sni))
     if args.command == "run":
         sys.exit(_run(args, config))
     if args.command == "env":
@@ -198,7 +227,9 @@ def _error(message: object) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def _explain(config: Config, destination: str, live: bool, as_json: bool) -> int:
+def _explain(
+    config: Config, destination: str, live: bool, as_json: bool, sni: str | None = None
+) -> int:
     from .ops.explain import explain
     from .ops.explain_render import render_json, render_text
     from .ops.liveview import LiveUnavailable, fetch_hops_view
@@ -214,7 +245,7 @@ def _explain(config: Config, destination: str, live: bool, as_json: bool) -> int
             _error(exc)
             return EXIT_RUNTIME
     try:
-        explanation = explain(config, destination, health)
+        explanation = explain(config, destination, health, sni=sni)
     except BadTarget as exc:
         _error(exc)
         return EXIT_USAGE
@@ -225,12 +256,26 @@ def _explain(config: Config, destination: str, live: bool, as_json: bool) -> int
     return EXIT_OK
 
 
-def _check(config: Config, selector: str | None, target_text: str | None, as_json: bool) -> int:
+def _check(
+    config: Config,
+    selector: str | None,
+    target_text: str | None,
+    as_json: bool,
+    sni: str | None = None,
+) -> int:
     from .ops.check import ProbeResult, UnknownSelector, check, render_json, render_table
-    from .ops.explain import parse_destination
+    from .ops.explain import explain, parse_destination
 
     try:
         target = parse_destination(target_text)[0] if target_text else None
+        if sni is not None:
+            if target is None:
+                raise BadTarget("--sni needs --target ADDRESS:PORT, the captured destination")
+            named = explain(config, target, sni=sni)  # the name, as the server takes it
+            target = named.target
+            if selector is None and named.route is None:
+                raise BadTarget(f"no route matches {target}")
+            selector = selector or named.route
     except BadTarget as exc:
         _error(exc)
         return EXIT_USAGE
@@ -252,6 +297,23 @@ def _check(config: Config, selector: str | None, target_text: str | None, as_jso
     else:
         print(render_table(report), end="")
     return EXIT_OK if report.ok else EXIT_RUNTIME
+
+
+def _rules(config: Config, mode: str | None, delete: bool, routing: bool) -> int:
+    from .ops.rules import RulesError, rules
+
+    try:
+        ruleset = rules(config, cast("Transparent | None", mode), delete=delete)
+    except RulesError as exc:
+        _error(exc)
+        return EXIT_USAGE
+    if routing and not ruleset.routing:
+        print("# no tproxy listener: no policy routing is needed", file=sys.stderr)
+    elif routing:
+        print("\n".join(ruleset.routing))
+    else:
+        print(ruleset.nft, end="")
+    return EXIT_OK
 
 
 def _demo() -> int:

@@ -10,6 +10,7 @@ from typing import Literal
 Scheme = Literal["http", "https", "socks5", "socks5h", "socks4", "socks4a", "ssh"]
 Strategy = Literal["failover", "round_robin", "random", "fastest"]
 ViaKind = Literal["chain", "direct", "reject"]
+Transparent = Literal["redirect", "tproxy"]  # how a transparent listener learns the destination
 
 SCHEMES: tuple[Scheme, ...] = ("http", "https", "socks5", "socks5h", "socks4", "socks4a", "ssh")
 STRATEGIES: tuple[Strategy, ...] = ("failover", "round_robin", "random", "fastest")
@@ -187,6 +188,38 @@ class TLSFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class Sniff:
+    """How much of a transparent client's first flight is read for its destination's name
+    (TLS SNI, HTTP Host), and for how long, before it is routed by the address."""
+
+    timeout: float = 0.3
+    bytes: int = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Whose TCP connections `chainer rules` sends into a transparent listener: a LAN's
+    (by source range and incoming interface: prerouting) and this machine's own
+    processes (by owner; `all_uids` for every one: output)."""
+
+    sources: tuple[str, ...] = ()  # `from:` CIDRs, normalized
+    interfaces: tuple[str, ...] = ()
+    uids: tuple[int | str, ...] = ()  # numbers or user names
+    all_uids: bool = False
+
+    @property
+    def lan(self) -> bool:
+        return bool(self.sources or self.interfaces)
+
+    @property
+    def local(self) -> bool:
+        return bool(self.uids) or self.all_uids
+
+
+DEFAULT_MARK = 0x2C8  # SO_MARK on chainer's upstream sockets, so the capture rules skip them
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     address: Address
     tls: TLSFiles | None = None
@@ -198,6 +231,10 @@ class Listener:
     # accepted only from these balancers' ranges (CIDRs, as written).
     proxy_protocol: bool = False
     proxy_protocol_from: tuple[str, ...] = ()
+    # Transparent: no proxy protocol, every connection a tunnel to where it was going.
+    transparent: Transparent | None = None
+    capture: Capture | None = None
+    sniff: Sniff | None = None  # transparent only; None: route by the address alone
 
     @property
     def loopback(self) -> bool:
@@ -265,6 +302,7 @@ class Config:
     limits: Limits = Limits()
     policy: Policy = Policy()
     http: HttpOptions = HttpOptions()
+    mark: int | None = None  # SO_MARK for upstream sockets (defaults.mark); None: unmarked
 
     def proxy(self, name: str) -> Proxy | None:
         for p in self.proxies:

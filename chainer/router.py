@@ -31,7 +31,11 @@ class Router:
         self.config = config
         self.table = RouteTable(config.routes)
         self.dialer = Dialer(
-            config.defaults, health, max_attempts=config.limits.max_attempts, sessions=sessions
+            config.defaults,
+            health,
+            max_attempts=config.limits.max_attempts,
+            sessions=sessions,
+            mark=config.mark,
         )
 
     @classmethod

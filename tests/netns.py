@@ -24,6 +24,14 @@ when ``CHAINER_CI`` is set.
 
 Hop starters (:data:`HopStarter`) start a proxy inside a namespace on a given address and
 return its port; :class:`HopKind` pairs one with the URL scheme used to reach it.
+
+For transparent capture (at the end): ``add_hosts`` and ``add_route`` (a captured range,
+never a default route), ``leaf_namespace`` (a LAN behind a namespace acting as its
+gateway), ``linked_pair`` (two namespaces with IPv6 on their link), ``nft_apply`` and
+``nft_counter`` (the real nft), ``start_squid_in`` / ``SQUID``, ``start_danted_verbose_in``
+/ ``DANTED_VERBOSE`` (dante logging each request as received, names included), and
+origins: ``start_tls_origin_in``, ``start_banner_in`` (the server speaks first),
+``start_dual_origin_in`` (IPv6 too).
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,7 +56,15 @@ from typing import NoReturn
 
 import ci
 import pytest
-from realproxies import CurlResult, ManagedProcess, ProxyStartError, child_env, require_binary
+from realproxies import (
+    LOOPBACK,
+    CurlResult,
+    ManagedProcess,
+    ProxyStartError,
+    child_env,
+    require_binary,
+    squid_config,
+)
 
 LAB_RANGE = "198.18.0.0/15"
 ORIGIN_NAME = "origin.lab.test"
@@ -190,9 +208,13 @@ def netns_socket(
     return made
 
 
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def free_port_in(ns: str, host: str) -> int:
     """A TCP port on ``host`` in ``ns`` that was free a moment ago."""
-    with netns_socket(ns) as sock:
+    with netns_socket(ns, _family(host)) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
@@ -200,7 +222,7 @@ def free_port_in(ns: str, host: str) -> int:
 
 def accepts_in(ns: str, host: str, port: int, timeout: float = 0.5) -> bool:
     """One try from inside ``ns``: does ``host:port`` accept a TCP connection?"""
-    with netns_socket(ns) as sock:
+    with netns_socket(ns, _family(host)) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect((host, port))
@@ -710,3 +732,322 @@ def start_danted_in(ns: str, listen: str, workdir: Path) -> int:
 TINYPROXY = HopKind("tinyproxy", "http", start_tinyproxy_in)
 MICROSOCKS = HopKind("microsocks", "socks5h", start_microsocks_in)
 DANTED = HopKind("danted", "socks5h", start_danted_in)
+
+
+# --------------------------------------------------------------------------- transparent capture
+#
+# For tests of transparent listeners: names that resolve only where a test says, routes
+# for captured ranges, a LAN namespace behind a gateway namespace, squid inside a
+# namespace, TLS and server-speaks-first origins, and nft applied for real.
+
+
+def add_hosts(ns: str, lines: str) -> None:
+    """Append to ``ns``'s hosts file (made by the network that created ``ns``)."""
+    hosts = ETC_NETNS / ns / "hosts"
+    with hosts.open("a") as f:
+        f.write(lines if lines.endswith("\n") else lines + "\n")
+
+
+def add_route(ns: str, prefix: str, via: str) -> None:
+    """``ip route add prefix via via`` inside ``ns`` (never a default route)."""
+    if prefix in ("default", "0.0.0.0/0", "::/0"):
+        raise ValueError("test namespaces have no default route")
+    _run([_ip(), "-n", ns, "route", "add", prefix, "via", via])
+
+
+@contextlib.contextmanager
+def leaf_namespace(
+    parent: str, parent_addr: str, leaf_addr: str, *, role: str = "lan", hosts_extra: str = ""
+) -> Iterator[str]:
+    """A namespace joined to ``parent`` by a veth pair (``to-<role>`` on the parent's
+    side, ``to-gw`` on the leaf's), a /30 between ``parent_addr`` and ``leaf_addr``; its
+    name. No default route, forwarding off, IPv6 off. Torn down on exit."""
+    ci.check_marked("netns", "network namespaces")
+    if os.geteuid() != 0:
+        _unavailable("not root")
+    ip = _ip()
+    ns = f"{_new_tag()}-{role}"
+    _write_etc(ns, hosts_extra)
+    created: list[str] = []
+    with _sigterm_unwinds():
+        try:
+            _run([ip, "netns", "add", ns])
+            created.append(ns)
+            _configure_namespace(ip, ns)
+            _link(ip, (parent, f"to-{role}", parent_addr), (ns, "to-gw", leaf_addr))
+            _wait_links_up(ip, [ns])
+            yield ns
+        finally:
+            problems = _teardown(ip, created)
+    if problems:
+        raise RuntimeError("leaf namespace teardown: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LinkedPair:
+    """Two namespaces joined by one veth pair, with IPv4 and IPv6 on it."""
+
+    left: str
+    right: str
+    left_v4: str
+    right_v4: str
+    left_v6: str
+    right_v6: str
+
+
+@contextlib.contextmanager
+def linked_pair(hosts_extra: str = "") -> Iterator[LinkedPair]:
+    """``left`` and ``right`` namespaces on one link: 198.18.2.1/30 - .2 and, with IPv6
+    switched on (addresses without duplicate detection, usable at once), 2001:db8:2::1/64
+    - ::2 (documentation addresses, inside these namespaces only). No default route, no
+    forwarding. ``hosts_extra`` goes into the left one's hosts file."""
+    ci.check_marked("netns", "network namespaces")
+    if os.geteuid() != 0:
+        _unavailable("not root")
+    ip = _ip()
+    tag = _new_tag()
+    pair = LinkedPair(
+        f"{tag}-left", f"{tag}-right", "198.18.2.1", "198.18.2.2", "2001:db8:2::1", "2001:db8:2::2"
+    )
+    created: list[str] = []
+    with _sigterm_unwinds():
+        try:
+            for ns in (pair.left, pair.right):
+                _write_etc(ns, hosts_extra if ns == pair.left else "")
+                _run([ip, "netns", "add", ns])
+                created.append(ns)
+                _configure_namespace(ip, ns)
+                for setting in ("all", "default", "lo"):
+                    _run(
+                        [
+                            ip,
+                            "netns",
+                            "exec",
+                            ns,
+                            "sysctl",
+                            "-qw",
+                            f"net.ipv6.conf.{setting}.disable_ipv6=0",
+                        ]
+                    )
+            _link(ip, (pair.left, "to-right", pair.left_v4), (pair.right, "to-left", pair.right_v4))
+            for ns, ifname, addr in (
+                (pair.left, "to-right", pair.left_v6),
+                (pair.right, "to-left", pair.right_v6),
+            ):
+                _run(
+                    [
+                        ip,
+                        "netns",
+                        "exec",
+                        ns,
+                        "sysctl",
+                        "-qw",
+                        f"net.ipv6.conf.{ifname}.disable_ipv6=0",
+                    ]
+                )
+                _run([ip, "-n", ns, "addr", "add", f"{addr}/64", "dev", ifname, "nodad"])
+            _wait_links_up(ip, [pair.left, pair.right])
+            yield pair
+        finally:
+            problems = _teardown(ip, created)
+    if problems:
+        raise RuntimeError("linked pair teardown: " + "; ".join(problems))
+
+
+def nft_apply(ns: str, ruleset: str) -> None:
+    """``nft -f -`` inside ``ns``, fed ``ruleset``; raise with nft's complaint."""
+    exe = require_binary("nft")
+    done = subprocess.run(
+        netns_argv(ns, [exe, "-f", "-"]),
+        input=ruleset.encode(),
+        capture_output=True,
+        env=child_env(),
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"nft -f - in {ns}: {done.stderr.decode('utf-8', 'replace')}")
+
+
+def nft_counter(ns: str, chain: str, comment: str, table: str = "inet chainer") -> int:
+    """Packets counted by the rule of ``chain`` whose comment is ``comment``."""
+    exe = require_binary("nft")
+    listing = _run(netns_argv(ns, [exe, "list", "chain", *table.split(), chain]))
+    for line in listing.splitlines():
+        if f'comment "{comment}"' in line and "counter packets" in line:
+            return int(line.split("counter packets", 1)[1].split()[0])
+    raise AssertionError(f"no counted rule {comment!r} in {chain}:\n{listing}")
+
+
+def start_squid_in(ns: str, listen: str, workdir: Path) -> int:
+    """squid on ``listen`` in ``ns``, CONNECT to any port from the lab range. Its files
+    live in a directory its user ``proxy`` may write (pytest's are root-only);
+    ``workdir/access.log`` links to its access log."""
+    exe = require_binary("squid")
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = Path(tempfile.mkdtemp(prefix="chainer-squid-"))
+    user = None
+    if os.geteuid() == 0:
+        user = "proxy"
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+            pw = pwd.getpwnam(user)
+        os.chown(files, pw.pw_uid, pw.pw_gid)
+    os.chmod(files, 0o755)
+    port = free_port_in(ns, listen)
+    conf = files / "squid.conf"
+    conf.write_text(
+        squid_config(port, files, user)
+        .replace(f"http_port {LOOPBACK}:{port}", f"http_port {listen}:{port}")
+        .replace("http_access allow localhost", f"acl lab src {LAB_RANGE}\nhttp_access allow lab")
+    )
+    (workdir / "access.log").unlink(missing_ok=True)
+    (workdir / "access.log").symlink_to(files / "access.log")
+    try:
+        proc = netns_popen(
+            ns,
+            [exe, "-N", "-f", str(conf)],
+            workdir / "squid.out",
+            ready=(listen, port),
+            ready_timeout=30.0,
+            name="squid",
+            extra_logs=[files / "cache.log"],
+            cwd=files,
+        )
+    except BaseException:
+        shutil.rmtree(files, ignore_errors=True)
+        raise
+    proc.add_cleanup_dir(str(files))
+    return port
+
+
+SQUID = HopKind("squid", "http", start_squid_in)
+
+TLS_ORIGIN_SERVER = r"""
+import ssl, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+host, port, prefix, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), *sys.argv[4:6]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    timeout = 10
+
+    def do_GET(self):
+        body = prefix + self.path.encode("utf-8", "replace")
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        sys.stderr.write("tls origin: " + (format % args) + "\n")
+
+
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+ThreadingHTTPServer.daemon_threads = True
+server = ThreadingHTTPServer((host, port), Handler)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def start_tls_origin_in(
+    ns: str,
+    listen: str,
+    workdir: Path,
+    cert_pem: Path,
+    key_pem: Path,
+    port: int = 443,
+    prefix: str = "tls-origin:",
+) -> ManagedProcess:
+    """An HTTPS origin in ``ns`` with the given certificate: ``GET /p`` answers
+    ``{prefix}/p``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-c",
+        TLS_ORIGIN_SERVER,
+        listen,
+        str(port),
+        prefix,
+        str(cert_pem),
+        str(key_pem),
+    ]
+    return netns_popen(
+        ns, argv, workdir / "tls-origin.out", ready=(listen, port), name="tls-origin"
+    )
+
+
+BANNER_SERVER = r"""
+import socketserver, sys
+
+host, port, banner = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+
+
+class Handler(socketserver.StreamRequestHandler):
+    timeout = 10
+
+    def handle(self):
+        self.wfile.write(banner + b"\r\n")  # the server speaks first, as SSH and SMTP do
+        line = self.rfile.readline(1024)
+        self.wfile.write(b"echo: " + line)
+
+
+socketserver.ThreadingTCPServer.daemon_threads = True
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((host, port), Handler).serve_forever()
+"""
+
+
+def start_banner_in(ns: str, listen: str, workdir: Path, port: int, banner: str) -> ManagedProcess:
+    """A server-speaks-first service in ``ns``: it sends ``banner`` at once, then echoes
+    one line back (``echo: <line>``) and closes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-c", BANNER_SERVER, listen, str(port), banner]
+    return netns_popen(ns, argv, workdir / "banner.out", ready=(listen, port), name="banner")
+
+
+def start_danted_verbose_in(ns: str, listen: str, workdir: Path) -> int:
+    """dante as :func:`start_danted_in`, logging every request as it was received
+    (``debug: 1``): a domain-name request shows as ``ATYP: 3 address: NAME.PORT``."""
+    exe = require_binary("danted", "sockd")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port_in(ns, listen)
+    conf = workdir / "danted.conf"
+    conf.write_text("debug: 1\n" + danted_config_at(listen, port, _addresses_in(ns), workdir))
+    netns_popen(
+        ns,
+        [exe, "-f", str(conf), "-p", str(workdir / "danted.pid")],
+        workdir / "danted.out",
+        ready=(listen, port),
+        name="danted",
+        extra_logs=[workdir / "danted.log"],
+    )
+    return port
+
+
+DANTED_VERBOSE = HopKind("danted", "socks5h", start_danted_verbose_in)
+
+
+DUAL_ORIGIN_SERVER = ORIGIN_SERVER.replace(
+    "ThreadingHTTPServer.daemon_threads = True",
+    "ThreadingHTTPServer.daemon_threads = True\n"
+    "if ':' in host:\n"
+    "    import socket\n"
+    "    ThreadingHTTPServer.address_family = socket.AF_INET6",
+)
+
+
+def start_dual_origin_in(
+    ns: str, listen: str, workdir: Path, port: int = 80, prefix: str = "origin:"
+) -> ManagedProcess:
+    """:func:`start_origin_in` that may also listen on an IPv6 address."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-c", DUAL_ORIGIN_SERVER, listen, str(port), prefix]
+    log = workdir / f"origin-{listen.replace(':', '_')}.out"
+    return netns_popen(ns, argv, log, ready=(listen, port), name="origin")

@@ -5,6 +5,7 @@ from other machines must say who may use it.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -13,15 +14,27 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..errors import BadTarget
 from ..models import Address, Admin, Listener, TLSFiles
 from ..routing.target import parse_authority
-from ._yaml import _Entries, _is_null, _q, _Reader, _what
+from ._transparent import _Transparent
+from ._yaml import _Entries, _is_null, _q, _what
 
-_LISTEN_KEYS = ("address", "tls", "auth", "allow", "open", "proxy_protocol", "proxy_protocol_from")
+_LISTEN_KEYS = (
+    "address",
+    "tls",
+    "auth",
+    "allow",
+    "open",
+    "proxy_protocol",
+    "proxy_protocol_from",
+    "transparent",
+    "capture",
+    "sniff",
+)
 _ADMIN_KEYS = ("address", "auth", "open")
 
 _DEFAULT_LISTENER = Listener(Address("127.0.0.1", 8080))
 
 
-class _Listeners(_Reader):
+class _Listeners(_Transparent):
     def read_listeners(self, node: Node | None) -> tuple[Listener, ...]:
         if node is None or _is_null(node):
             return (_DEFAULT_LISTENER,)
@@ -79,6 +92,12 @@ class _Listeners(_Reader):
         listener = Listener(
             address, tls, users or (), allow or (), line, is_open, proxy_protocol, proxy_from
         )
+        transparent = self.read_transparent(entries, listener, path)
+        if transparent is None:
+            return None
+        mode, capture, sniff = transparent
+        if mode is not None:
+            listener = dataclasses.replace(listener, transparent=mode, capture=capture, sniff=sniff)
         self.check_exposure(listener, node, path)
         return listener
 
@@ -151,8 +170,11 @@ class _Listeners(_Reader):
         return admin
 
     def check_exposure(self, listener: Listener, node: Node, path: str) -> None:
-        """A listener others can reach must say who may use it, or say open: true."""
+        """A listener others can reach must say who may use it, or say open: true. A
+        transparent one serves only what the firewall steers to it (_transparent.py)."""
         if listener.loopback or listener.users or listener.allow or listener.open:
+            return
+        if listener.transparent is not None:
             return
         self.error(
             node,

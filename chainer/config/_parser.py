@@ -5,7 +5,7 @@ in the file, combined into one Config when no section recorded an error.
 
 from __future__ import annotations
 
-from ..models import Config, HttpOptions, Limits, Policy, Proxy, Timeouts, Via
+from ..models import DEFAULT_MARK, Config, HttpOptions, Limits, Policy, Proxy, Sniff, Timeouts, Via
 from ._listeners import _Listeners
 from ._policy import _Policy
 from ._proxies import _Proxies
@@ -36,6 +36,9 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
         self.chain_names: set[str] = set()
         # Defined, but with errors of their own: a reference to one adds no error.
         self.broken: set[str] = set()
+        self.default_sniff: Sniff | None = Sniff()  # defaults.sniff (_transparent.py)
+        self.mark: int | None = None  # defaults.mark, when given
+        self.mark_given = False
 
     def parse(self, text: str) -> Config | None:
         root = self.compose(text)
@@ -50,7 +53,7 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
         self.known(top, _TOP_KEYS, "")
         section = {key: top[key][1] for key in _TOP_KEYS if key in top}
         if "defaults" in section:
-            self.defaults = self.read_defaults(section["defaults"])
+            self.defaults = self.read_defaults(self.split_defaults(section["defaults"]))
         if "proxies" in section:
             self.read_proxies(section["proxies"])
         if "chains" in section:
@@ -76,6 +79,8 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
                 self.error(section["admin"], "admin", f"{at} is also a listener")
         if self.errors:
             return None
+        if not self.mark_given and any(ln.transparent for ln in listeners):
+            self.mark = DEFAULT_MARK  # only then: SO_MARK needs privileges
         return Config(
             path=self.file,
             listeners=listeners,
@@ -87,4 +92,5 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
             limits=limits,
             policy=policy,
             http=http,
+            mark=self.mark,
         )

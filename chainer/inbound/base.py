@@ -65,6 +65,10 @@ class Request:
     chunked: bool = False
     user: str | None = None
     body: bool = False  # forward: a body follows the head (chunked, or a length over 0)
+    # Transparent (inbound/transparent.py): the address the client was going to, and
+    # where the name in `target` came from ("none": `target` is that address).
+    original: Address | None = None
+    sniffed: Literal["sni", "host", "none"] | None = None
 
 
 class Inbound(Protocol):

@@ -31,6 +31,7 @@ import anyio
 from ..errors import ChainerError, ChainFailed, HopError
 from ..models import Address, Config, HopGroup, Proxy, Via
 from ..outbound.dialer import Dialer
+from ..relay.sockstream import check_mark
 from ..text import printable
 
 __all__ = [
@@ -163,6 +164,19 @@ def select_chains(config: Config, selector: str | None) -> list[tuple[str, Via, 
     return [(s.name, s.via, tuple(s.routes)) for s in picked.values()]
 
 
+def _probe_mark(config: Config) -> int | None:
+    """The probes carry chainer's mark, so that transparent capture rules on this machine
+    let them out as they let the server's connections out; where this process may not
+    set it, they go unmarked (and may be captured) rather than fail."""
+    if config.mark is None:
+        return None
+    try:
+        check_mark(config.mark)
+    except PermissionError:
+        return None
+    return config.mark
+
+
 def _chain_name(config: Config, via: Via, where: str) -> str:
     """A named chain or proxy keeps its name; an inline chain is named by its route."""
     if (via.label, via) in config.chains or config.proxy(via.label) is not None:
@@ -180,7 +194,7 @@ async def check(
     """Probe the selected chains (see `select_chains`; raises UnknownSelector before any
     traffic). `progress` is called after each probe that was actually sent, as it ends."""
     selected = select_chains(config, selector)
-    dialer = Dialer(config.defaults)
+    dialer = Dialer(config.defaults, mark=_probe_mark(config))
     limiter = anyio.CapacityLimiter(CONCURRENCY)
     reports: list[ChainReport | None] = [None] * len(selected)
 

@@ -20,7 +20,7 @@ from ..errors import BadTarget, Refused
 from ..models import Address, Config, Proxy, Via
 from ..routing.policy import Guard
 from ..routing.table import RouteTable
-from ..routing.target import parse_authority
+from ..routing.target import normalize_host, parse_authority
 from ..text import printable
 from .liveview import EdgeNotes, HealthView
 
@@ -111,6 +111,9 @@ class Explanation:
     routes_total: int
     live: bool
     policy: tuple[PolicyVerdict, ...] = ()
+    # `--sni`: a captured connection to this address whose first flight named `target`
+    captured: Address | None = None
+    sniffing: bool = True  # some transparent listener reads first flights for names
 
     @property
     def policy_refused(self) -> str | None:
@@ -156,17 +159,25 @@ def parse_destination(text: str) -> tuple[Address, bool]:
     return address, False
 
 
-def _policy(config: Config, target: Address) -> tuple[PolicyVerdict, ...]:
+def _policy(
+    config: Config, target: Address, captured: Address | None = None
+) -> tuple[PolicyVerdict, ...]:
     """The server's destination policy on each configured listener (deny, allow_ports,
     loops to chainer itself, what exposed listeners protect). Addresses a `direct` name
     resolves to are checked again by the server when it connects; that cannot be shown
-    here, since explain resolves nothing."""
+    here, since explain resolves nothing. A captured connection is judged on the
+    transparent listeners (on every listener if there is none), by name and address."""
     bound = [(ln.address.host, ln.address.port) for ln in config.listeners]
+    listeners = config.listeners
+    if captured is not None:
+        listeners = tuple(ln for ln in listeners if ln.transparent) or listeners
     verdicts = []
-    for listener in config.listeners:
+    for listener in listeners:
         guard = Guard.for_listener(config.policy, listener, bound)
         try:
             guard.check(target)
+            if captured is not None and captured != target:
+                guard.check(captured)
         except Refused as exc:
             verdicts.append(PolicyVerdict(str(listener.address), str(exc)))
         else:
@@ -174,14 +185,29 @@ def _policy(config: Config, target: Address) -> tuple[PolicyVerdict, ...]:
     return tuple(verdicts)
 
 
-def explain(config: Config, target: Address | str, health: HealthView | None = None) -> Explanation:
+def explain(
+    config: Config,
+    target: Address | str,
+    health: HealthView | None = None,
+    *,
+    sni: str | None = None,
+) -> Explanation:
     """What the route table does with `target` (a string is parsed as HOST[:PORT], port
-    443 assumed when omitted; raises BadTarget when it is not a valid destination)."""
+    443 assumed when omitted; raises BadTarget when it is not a valid destination).
+    With `sni`: what a transparent listener does with a connection captured on its way
+    to `target` whose first flight named `sni` (TLS SNI or HTTP Host): routed by that
+    name, on the captured port, the policy judging name and address."""
     if isinstance(target, str):
         given = target
         address, assumed = parse_destination(target)
     else:
         given, address, assumed = str(target), target, False
+    captured = None
+    if sni is not None:
+        name = normalize_host(sni)
+        if Address(name, 1).is_ip:
+            raise BadTarget(f"--sni takes a name, not an address: {printable(sni[:100])!r}")
+        captured, address = address, Address(name, address.port)
     match = RouteTable(config.routes).match(address)
     route = match.route if match is not None else None
     return Explanation(
@@ -199,7 +225,9 @@ def explain(config: Config, target: Address | str, health: HealthView | None = N
         deadline=config.defaults.deadline,
         routes_total=len(config.routes),
         live=health is not None,
-        policy=_policy(config, address),
+        policy=_policy(config, address, captured),
+        captured=captured,
+        sniffing=any(ln.sniff for ln in config.listeners if ln.transparent),
     )
 
 

@@ -55,6 +55,16 @@ def render_text(e: Explanation) -> str:
     if e.port_assumed:
         what += f"; port omitted, {DEFAULT_PORT} assumed"
     lines.append(f"  {'destination':<12} {e.target} ({what})")
+    if e.captured is not None:
+        lines.append(
+            f"  {'captured':<12} on its way to {e.captured}; routed by the name its first "
+            "flight gave, which the chain carries; policy judges both"
+        )
+        if not e.sniffing:
+            lines.append(
+                f"  {'':<12} but no transparent listener sniffs (sniff: false): it would be "
+                f"routed as {e.captured}"
+            )
     if e.route is None:
         lines.append(f"  {'rule':<12} none of the {e.routes_total} routes in {e.file} matches")
     else:
@@ -172,4 +182,5 @@ def render_json(e: Explanation) -> dict[str, Any]:
         "via": None if e.via is None else _via_json(e.via),
         "fallbacks": [_via_json(v) for v in e.fallbacks],
         "live": e.live,
+        "captured": None if e.captured is None else str(e.captured),
     }

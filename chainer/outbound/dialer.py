@@ -143,6 +143,7 @@ class Dialer:
         max_attempts: int = MAX_ATTEMPTS,
         resolver: Resolver = SYSTEM,
         sessions: SshSessions | None = None,
+        mark: int | None = None,
     ) -> None:
         self.defaults = defaults
         self.health = health or Health()
@@ -150,6 +151,7 @@ class Dialer:
         self.resolver = resolver
         # SSH hops' shared sessions (ssh.py); the ssh-agent is found as ssh finds it.
         self.sessions = sessions if sessions is not None else SshSessions.from_environment()
+        self.mark = mark  # SO_MARK on every upstream socket (transparent set-ups' rules skip it)
 
     async def dial(
         self,
@@ -199,13 +201,15 @@ class Dialer:
         self, path: Sequence[Proxy], target: Proxy | Address | None = None
     ) -> tuple[ByteStream, list[HopTrace]]:
         """`steps.probe` within this dialer's deadline (for `chainer check`)."""
-        return await steps.probe(path, target, self.defaults.deadline, self.sessions)
+        return await steps.probe(
+            path, target, self.defaults.deadline, self.sessions, mark=self.mark
+        )
 
     async def _direct(self, run: _Run, screen: Screen | None, trace: list[HopTrace]) -> ByteStream:
         started = anyio.current_time()
         with run.recording():
             stream = await steps.direct(
-                run.target, screen, self.defaults.connect, run.deadline, self.resolver
+                run.target, screen, self.defaults.connect, run.deadline, self.resolver, self.mark
             )
         trace.append(HopTrace(0, "direct", anyio.current_time() - started))
         return stream
@@ -244,6 +248,7 @@ class Dialer:
                         run.deadline,
                         resolver=self.resolver,
                         sessions=self.sessions,
+                        mark=self.mark,
                     )
             parent.answered()
             return stream
@@ -344,6 +349,7 @@ class Dialer:
                         reused=reused,
                         resolver=self.resolver,
                         sessions=self.sessions,
+                        mark=self.mark,
                     )
             except steps.Stale:
                 continue  # nothing learnt: ask again on a new connection, charging no one
@@ -377,7 +383,11 @@ class Dialer:
         here is charged like any other (and unwinds to the position at fault)."""
         with run.recording():
             return await steps.reach_path(
-                path, run.deadline, resolver=self.resolver, sessions=self.sessions
+                path,
+                run.deadline,
+                resolver=self.resolver,
+                sessions=self.sessions,
+                mark=self.mark,
             )
 
 

@@ -149,11 +149,12 @@ async def direct(
     connect: float,
     deadline: Deadline,
     resolver: Resolver = SYSTEM,
+    mark: int | None = None,
 ) -> ByteStream:
     """TCP to the destination itself (a `direct` route), within `connect` seconds."""
     where = Where(0, "direct", "connect", str(target))
     limits = [Limit(anyio.current_time() + connect, Expired(connect), where), deadline.limit(where)]
-    return await _translated(limits, where, lambda: tcp.open_direct(target, screen, resolver))
+    return await _translated(limits, where, lambda: tcp.open_direct(target, screen, resolver, mark))
 
 
 async def reach(
@@ -165,6 +166,7 @@ async def reach(
     reused: bool = False,
     resolver: Resolver = SYSTEM,
     sessions: SshSessions | None = None,
+    mark: int | None = None,
 ) -> ByteStream:
     """A stream to `proxy`, ready for its request: TCP for hop 1, else a request to
     path[-1] over `prev` (kept from a failed request when `reused`); then TLS for an https
@@ -179,7 +181,7 @@ async def reach(
     )
     if proxy.scheme == "ssh":
         assert sessions is not None, "an ssh hop needs the router's SshSessions"
-        means = _Means(resolver, sessions)
+        means = _Means(resolver, sessions, mark)
         return await _reach_ssh(prev, path, proxy, deadline, reach_limit, reused, means)
     stream: ByteStream | None = None
     try:
@@ -187,12 +189,12 @@ async def reach(
             stream = await _translated(
                 [reach_limit, deadline.limit(blamed)],
                 blamed,
-                lambda: tcp.open_tcp(proxy.address, resolver),
+                lambda: tcp.open_tcp(proxy.address, resolver, mark),
             )
         else:
             assert prev is not None
             through, prev = prev, None
-            means = _Means(resolver, sessions)
+            means = _Means(resolver, sessions, mark)
             stream = await _ask(
                 through, path, proxy.address, deadline, means, proxy, reach_limit, reused
             )
@@ -211,10 +213,12 @@ async def reach(
 
 @dataclass(frozen=True, slots=True)
 class _Means:
-    """What rebuilding a path may need: the resolver for hop 1's name, the sessions."""
+    """What rebuilding a path may need: the resolver for hop 1's name, the sessions, the
+    mark upstream sockets carry."""
 
     resolver: Resolver = SYSTEM
     sessions: SshSessions | None = None
+    mark: int | None = None
 
 
 async def _reach_ssh(
@@ -281,10 +285,12 @@ async def _to_ssh_hop(
         return await _translated(
             [reach_limit, deadline.limit(blamed)],
             blamed,
-            lambda: tcp.open_tcp(proxy.address, means.resolver),
+            lambda: tcp.open_tcp(proxy.address, means.resolver, means.mark),
         )
     if prev is None:
-        prev = await reach_path(path, deadline, resolver=means.resolver, sessions=means.sessions)
+        prev = await reach_path(
+            path, deadline, resolver=means.resolver, sessions=means.sessions, mark=means.mark
+        )
         reused = False
     return await _ask(prev, path, proxy.address, deadline, means, proxy, reach_limit, reused)
 
@@ -297,9 +303,10 @@ async def ask_destination(
     *,
     resolver: Resolver = SYSTEM,
     sessions: SshSessions | None = None,
+    mark: int | None = None,
 ) -> ByteStream:
     """Ask the last hop of `path`, reached over `stream`, for the destination."""
-    return await _ask(stream, path, target, deadline, _Means(resolver, sessions))
+    return await _ask(stream, path, target, deadline, _Means(resolver, sessions, mark))
 
 
 async def forward(
@@ -346,7 +353,9 @@ async def _ask(
         return await _ask_once(stream, path, target, deadline, next_proxy, reach_limit, reused)
     except SessionLost:
         pass  # (a warm one: see _ask_once)
-    fresh = await reach_path(path, deadline, resolver=means.resolver, sessions=means.sessions)
+    fresh = await reach_path(
+        path, deadline, resolver=means.resolver, sessions=means.sessions, mark=means.mark
+    )
     return await _ask_once(fresh, path, target, deadline, next_proxy, reach_limit)
 
 
@@ -394,6 +403,7 @@ async def reach_path(
     trace: list[HopTrace] | None = None,
     resolver: Resolver = SYSTEM,
     sessions: SshSessions | None = None,
+    mark: int | None = None,
 ) -> ByteStream:
     """Reach every node of `path` in order, hop 1 directly and each next one through the
     ones before, appending to `trace` as each is reached. No failover: the first failure
@@ -409,7 +419,13 @@ async def reach_path(
             continue
         try:
             stream = await reach(
-                stream, path[:pos], proxy, deadline, resolver=resolver, sessions=sessions
+                stream,
+                path[:pos],
+                proxy,
+                deadline,
+                resolver=resolver,
+                sessions=sessions,
+                mark=mark,
             )
         except Survived as exc:
             await close_now(exc.stream)
@@ -435,6 +451,8 @@ async def probe(
     target: Proxy | Address | None,
     total: float,
     sessions: SshSessions | None = None,
+    *,
+    mark: int | None = None,
 ) -> tuple[ByteStream, list[HopTrace]]:
     """For `chainer check`: reach every node of `path`, then, if given, `target` (one
     more hop, or a destination asked of the last hop), within `total` seconds. No
@@ -444,10 +462,12 @@ async def probe(
     nodes = [*path, target] if isinstance(target, Proxy) else list(path)
     trace: list[HopTrace] = []
     try:
-        stream = await reach_path(nodes, deadline, trace, sessions=sessions)
+        stream = await reach_path(nodes, deadline, trace, sessions=sessions, mark=mark)
         if isinstance(target, Address):
             started = anyio.current_time()
-            stream = await ask_destination(stream, nodes, target, deadline, sessions=sessions)
+            stream = await ask_destination(
+                stream, nodes, target, deadline, sessions=sessions, mark=mark
+            )
             trace.append(HopTrace(len(nodes) + 1, str(target), anyio.current_time() - started))
     except DeadlineExceeded as exc:
         raise ChainFailed("check", (), str(exc)) from None

@@ -26,24 +26,29 @@ Screen = Callable[[str, int], None]  # vets one resolved address: raises to refu
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended connection attempt delay
 
 
-async def open_tcp(address: Address, resolver: Resolver = SYSTEM) -> ByteStream:
+async def open_tcp(
+    address: Address, resolver: Resolver = SYSTEM, mark: int | None = None
+) -> ByteStream:
     """TCP to an address; a name is resolved here and its addresses raced (happy
-    eyeballs, RFC 8305)."""
+    eyeballs, RFC 8305). `mark`: the SO_MARK the socket carries (see sockstream)."""
     if address.is_ip:
-        return await connect_ip(address.host, address.port)
+        return await connect_ip(address.host, address.port, mark=mark)
     infos = await resolver.getaddrinfo(address.host, address.port)
-    return await _race(_interleave([str(info[4][0]) for info in infos]), address.port)
+    return await _race(_interleave([str(info[4][0]) for info in infos]), address.port, mark)
 
 
 async def open_direct(
-    address: Address, screen: Screen | None, resolver: Resolver = SYSTEM
+    address: Address,
+    screen: Screen | None,
+    resolver: Resolver = SYSTEM,
+    mark: int | None = None,
 ) -> ByteStream:
     """TCP to a destination for a `direct` route. A name is resolved here and every
     address it gives is passed through `screen` (which raises to refuse one), so that
     policy applies to where the connection really goes; the allowed addresses are raced
     happy-eyeballs style."""
     if screen is None or address.is_ip:
-        return await open_tcp(address, resolver)
+        return await open_tcp(address, resolver, mark)
     infos = await resolver.getaddrinfo(address.host, address.port)
     ips = _interleave([str(info[4][0]) for info in infos])
     allowed: list[str] = []
@@ -58,7 +63,7 @@ async def open_direct(
     if not allowed:
         assert refusal is not None
         raise refusal
-    return await _race(allowed, address.port)
+    return await _race(allowed, address.port, mark)
 
 
 def _interleave(ips: list[str]) -> list[str]:
@@ -73,16 +78,16 @@ def _interleave(ips: list[str]) -> list[str]:
     return out
 
 
-async def _race(ips: list[str], port: int) -> ByteStream:
+async def _race(ips: list[str], port: int, mark: int | None) -> ByteStream:
     if len(ips) == 1:
-        return await connect_ip(ips[0], port)
+        return await connect_ip(ips[0], port, mark=mark)
     winner: ByteStream | None = None
     errors: list[OSError] = []
 
     async def attempt(ip: str, failed: anyio.Event) -> None:
         nonlocal winner
         try:
-            stream = await connect_ip(ip, port)
+            stream = await connect_ip(ip, port, mark=mark)
         except OSError as exc:
             errors.append(exc)
             failed.set()

@@ -99,13 +99,16 @@ class SockStream(ByteStream):
         }
 
 
-async def connect_ip(host: str, port: int) -> SockStream:
-    """One non-blocking connect to an IP literal."""
+async def connect_ip(host: str, port: int, *, mark: int | None = None) -> SockStream:
+    """One non-blocking connect to an IP literal; with `mark`, the socket's packets carry
+    that SO_MARK (firewall rules that capture traffic into chainer skip it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         err = sock.connect_ex((host, port))
         if err == errno.EINPROGRESS:
             await anyio.wait_writable(sock.fileno())
@@ -118,15 +121,65 @@ async def connect_ip(host: str, port: int) -> SockStream:
     return SockStream(sock)
 
 
-def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
+def listen(
+    host: str,
+    port: int,
+    backlog: int = 4096,
+    *,
+    transparent: bool = False,
+    mark: int | None = None,
+) -> socket.socket:
+    """A listening socket. `transparent`: IP_TRANSPARENT (and IPV6_TRANSPARENT), so that
+    nftables' tproxy may hand it connections addressed elsewhere; `mark`: the SO_MARK of
+    the connections it accepts (their packets, replies included, then pass the capture
+    rules untouched). Both need CAP_NET_ADMIN (or CAP_NET_RAW)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # [::] takes IPv4 clients too (as ::ffff:a.b.c.d), as squid's and most servers' do.
     dualstack = host == "::" and socket.has_dualstack_ipv6()
-    sock = socket.create_server(
-        (host, port), family=family, backlog=backlog, dualstack_ipv6=dualstack
-    )
-    sock.setblocking(False)
+    if not transparent and mark is None:
+        sock = socket.create_server(
+            (host, port), family=family, backlog=backlog, dualstack_ipv6=dualstack
+        )
+        sock.setblocking(False)
+        return sock
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack else 1)
+        if transparent:
+            _privileged(sock, socket.SOL_IP, socket.IP_TRANSPARENT, 1, "IP_TRANSPARENT")
+            if family == socket.AF_INET6:
+                _privileged(sock, _SOL_IPV6, _IPV6_TRANSPARENT, 1, "IPV6_TRANSPARENT")
+        if mark is not None:
+            _privileged(sock, socket.SOL_SOCKET, socket.SO_MARK, mark, "SO_MARK")
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
+
+
+_SOL_IPV6 = 41  # not in Python's socket module
+_IPV6_TRANSPARENT = 75
+
+
+def _privileged(sock: socket.socket, level: int, option: int, value: int, name: str) -> None:
+    try:
+        sock.setsockopt(level, option, value)
+    except PermissionError:
+        # No errno: the message itself is what callers show.
+        raise PermissionError(
+            f"{name} needs CAP_NET_ADMIN or CAP_NET_RAW (run as root or grant one)"
+        ) from None
+
+
+def check_mark(mark: int) -> None:
+    """Raise PermissionError now, with the reason, if sockets cannot carry `mark`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        _privileged(probe, socket.SOL_SOCKET, socket.SO_MARK, mark, "SO_MARK")
 
 
 async def accept(listener: socket.socket) -> SockStream:

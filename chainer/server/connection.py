@@ -25,13 +25,14 @@ from ..inbound import (
     HttpInbound,
     Inbound,
     Request,
+    TransparentInbound,
     error_response,
     failure_for,
     first_byte_kind,
     open_inbound,
     send_quietly,
 )
-from ..models import Address, Route
+from ..models import Address, Route, Transparent
 from ..outbound.dialer import Dialed
 from ..outbound.steps import close_now
 from ..relay import RelayOptions
@@ -120,6 +121,9 @@ class Connection:
                 self._ended()
 
     async def _serve_client(self) -> None:
+        if self.door.listener.transparent is not None:
+            await self._serve_captured(self.door.listener.transparent)
+            return
         conn, tls = self.record, self.door.tls
         stream: ByteStream = self.client
         inbound: Inbound | None = None
@@ -175,12 +179,24 @@ class Connection:
         conn.target = request.target
         await self._serve_request(inbound, request)
 
+    async def _serve_captured(self, mode: Transparent) -> None:
+        """A transparent listener's connection: no request to read, a tunnel to where it
+        was going, by name when its first flight tells one (inbound/transparent.py)."""
+        inbound = TransparentInbound(self.client, mode, self.door.listener.sniff)
+        request = await inbound.read_request()
+        conn = self.record
+        conn.target, conn.original = request.target, request.original
+        conn.inbound, conn.sniffed = mode, request.sniffed
+        await self._serve_request(inbound, request)
+
     async def _serve_request(self, inbound: Inbound, request: Request) -> None:
         conn, metrics = self.record, self.shared.metrics
         router = self.shared.router()
         guard = Guard.for_listener(router.config.policy, self.door.listener, self.shared.bound)
         try:
             guard.check(request.target)
+            if request.original is not None and request.original != request.target:
+                guard.check(request.original)  # a sniffed name: its address is judged too
             plan = None
             if request.kind == "forward":
                 match = router.route(request.target)

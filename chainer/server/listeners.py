@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..inbound import error_response, send_quietly
+from ..inbound.transparent import reset_on_close
 from ..models import Address, Limits, Listener
 from ..proto import NEED_DATA, ProtocolError
 from ..proto.proxy_protocol import ProxyHeader, ProxyHeaderReader
@@ -114,15 +115,30 @@ class Occupancy:
             await self._empty.wait()
 
 
-def bind(listeners: Sequence[Listener]) -> list[tuple[Listener, socket.socket]]:
-    """A listening socket per listener; if one cannot be bound, none stays open."""
+def bind(
+    listeners: Sequence[Listener], mark: int | None = None
+) -> list[tuple[Listener, socket.socket]]:
+    """A listening socket per listener; if one cannot be bound, none stays open. With
+    `mark` (the SO_MARK of upstream sockets), transparent listeners' connections carry
+    it too, and a process that may not set it is told so now, not at each connection."""
     bound: list[tuple[Listener, socket.socket]] = []
+    if mark is not None:
+        try:
+            sockstream.check_mark(mark)
+        except OSError as exc:
+            raise OSError(f"cannot mark upstream connections (defaults.mark): {exc}") from None
     try:
         for listener in listeners:
+            what = "a listener" if listener.transparent is None else "a transparent listener"
             try:
-                sock = sockstream.listen(listener.address.host, listener.address.port)
+                sock = sockstream.listen(
+                    listener.address.host,
+                    listener.address.port,
+                    transparent=listener.transparent == "tproxy",
+                    mark=mark if listener.transparent is not None else None,
+                )
             except OSError as exc:
-                raise cannot_listen(exc, str(listener.address), "a listener") from None
+                raise cannot_listen(exc, str(listener.address), what) from None
             bound.append((listener, sock))
             log.info("listening on %s", Address(*address(sock)))
             if listener.open and not listener.loopback:
@@ -176,7 +192,7 @@ async def accept(
                 continue
             refusal = occupancy.refusal(peer[0], not listener.loopback)
             if refusal is not None:
-                connections.start_soon(_turn_away, client, refusal)
+                connections.start_soon(_turn_away, client, refusal, listener.transparent is None)
                 continue
             occupancy.enter(peer[0])
             connections.start_soon(handle, client, door, peer)
@@ -194,11 +210,14 @@ def peer_of(client: SockStream) -> tuple[str, int]:
     return str(peer[0]), int(peer[1])
 
 
-async def _turn_away(client: SockStream, why: str) -> None:
+async def _turn_away(client: SockStream, why: str, http: bool = True) -> None:
     """Over max_connections or limits.per_client: say so (in HTTP, the likeliest
-    protocol) and close."""
+    protocol) and close; a captured client, who speaks no protocol to us, is reset."""
     async with client:
-        await send_quietly(client, error_response(503, why))
+        if http:
+            await send_quietly(client, error_response(503, why))
+        else:
+            reset_on_close(client.sock)
 
 
 def _within(host: str, networks: tuple[IPNetwork, ...]) -> bool:

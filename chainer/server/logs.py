@@ -63,11 +63,17 @@ class ConnRecord:
     error: str | None = None
     failovers: str | None = None  # what failed on the way to a connection that worked
     handed_off: bool = False  # a spliced tunnel outlives its task; it logs when it ends
+    # A transparent listener's connection: how it was captured, the address it was going
+    # to, and where the name in `target` came from (sni, host, none).
+    inbound: str | None = None
+    original: Address | None = None
+    sniffed: str | None = None
 
     def fields(self) -> dict[str, Any]:
         return {
             "client": self.client,
             "dest": str(self.target) if self.target else None,
+            **self._captured(),
             "route": self.route,
             "via": self.via,
             "hops": [{"hop": h.name, "ms": round(h.seconds * 1000, 2)} for h in self.trace],
@@ -84,6 +90,7 @@ class ConnRecord:
         parts = [
             f"client={self.client}",
             f"dest={self.target or '-'}",
+            *(f"{key}={value or '-'}" for key, value in self._captured().items()),
             f"route={self.route}",
             f"via={self.via}",
             f"hops={hops}",
@@ -99,6 +106,13 @@ class ConnRecord:
         if self.failovers:
             parts.append(f'failovers="{_quoted(self.failovers)}"')
         return " ".join(parts)
+
+    def _captured(self) -> dict[str, str | None]:
+        """What the access line adds for a transparent listener's connection."""
+        if self.inbound is None:
+            return {}
+        original = str(self.original) if self.original else None
+        return {"original": original, "inbound": self.inbound, "sniffed": self.sniffed}
 
     def log(self) -> None:
         # A connection that closed (or was reset) without a request — a port probe, a

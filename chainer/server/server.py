@@ -120,7 +120,7 @@ class Server:
         listeners = listeners if listeners is not None else self.router.config.listeners
         self._serving = tuple(listeners)
         insecure_host_keys(self.router.config.proxies)
-        sockets = bind(listeners)
+        sockets = bind(listeners, self.router.config.mark)
         self.bound.extend(address(sock) for _, sock in sockets)
         try:
             # Tunnels is entered outside the connection group: it outlives every task that

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import signal
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long live tunnels may finish (default 10s)",
     )
     serve.add_argument("--watch", action="store_true", help="reload when the file changes")
+    _loop_argument(serve)
     with_config(sub.add_parser("validate", help="check the route table and exit"))
 
     explain = with_config(
@@ -220,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "pac":
         sys.exit(_pac(config, args.proxy))
     setup_logging(args.log_level, args.log_file, args.log_format)
-    sys.exit(_run_server(config, args.grace, args.watch, _relay_options()))
+    sys.exit(_run_server(config, args.grace, args.watch, _relay_options(), args.loop))
 
 
 def _error(message: object) -> None:
@@ -326,15 +328,41 @@ def _demo() -> int:
     return EXIT_OK if ok else EXIT_RUNTIME
 
 
+def _loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="the event loop: uvloop when installed (pip install 'chainer[fast]'), else "
+        "asyncio's own (default auto)",
+    )
+
+
+def _backend_options(loop: str) -> dict[str, bool]:
+    """anyio.run's options for the chosen loop. `uvloop` fails when it is not installed;
+    `auto` takes it only when it is."""
+    if loop == "asyncio":
+        return {"use_uvloop": False}
+    if loop == "uvloop" or importlib.util.find_spec("uvloop") is not None:
+        return {"use_uvloop": True}
+    return {"use_uvloop": False}
+
+
 def _relay_options() -> RelayOptions:
     """CHAINER_RELAY=generic turns the splice fast path off (for comparisons and tests)."""
     return RelayOptions(mode="generic" if os.environ.get("CHAINER_RELAY") == "generic" else "auto")
 
 
-def _run_server(config: Config, grace: float, watch: bool, relay: RelayOptions) -> int:
+def _run_server(
+    config: Config, grace: float, watch: bool, relay: RelayOptions, loop: str = "auto"
+) -> int:
     status = EXIT_OK
     try:
-        anyio.run(functools.partial(run_server, config, grace=grace, watch=watch, relay=relay))
+        anyio.run(
+            functools.partial(run_server, config, grace=grace, watch=watch, relay=relay),
+            backend="asyncio",
+            backend_options=_backend_options(loop),
+        )
     except* OSError as group:
         for exc in _leaves(group):
             print(f"error: {exc}", file=sys.stderr)

@@ -176,3 +176,21 @@ def test_a_busy_port_is_named_with_what_it_was_for(tmp_path: Path, what: str) ->
     assert f"error: cannot listen on 127.0.0.1:{port} ({what}): address already in use" in (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(("choice", "loop"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_the_event_loop_is_chosen_with_loop(tmp_path: Path, choice: str, loop: str) -> None:
+    pytest.importorskip("uvloop")  # in the test extras: present wherever the suite runs
+    port = free_port()
+    table = tmp_path / "routes.yaml"
+    table.write_text(f"listen: ['127.0.0.1:{port}']\nroutes: [{{match: '*', via: direct}}]\n")
+    log = tmp_path / "chainer.log"
+    proc = subprocess.Popen(
+        [*chainer_cmd(), "serve", "-c", str(table), "--loop", choice, "--log-file", str(log)]
+    )
+    try:
+        wait_port("127.0.0.1", port, 10)
+        assert f"event loop: {loop}" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)

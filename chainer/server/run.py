@@ -8,6 +8,7 @@ signal closes them at once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import signal
@@ -37,6 +38,8 @@ async def run_server(
     relay: RelayOptions | None = None,
 ) -> None:
     server = Server(Router(config), grace=grace, relay=relay)
+    loop = type(asyncio.get_running_loop())
+    log.info("event loop: %s", "uvloop" if loop.__module__.startswith("uvloop") else "asyncio")
     async with anyio.create_task_group() as tg:
         if config.admin is not None:
             started = config.admin

@@ -425,7 +425,7 @@ def _run(args: argparse.Namespace, config: Config | None) -> int:
     )
     status = EXIT_RUNTIME
     try:
-        status = anyio.run(run)
+        status = anyio.run(run, backend="asyncio", backend_options=_backend_options("auto"))
     except* FileNotFoundError:
         _error(f"{argv[0]}: command not found")
         status = 127  # as a shell says it

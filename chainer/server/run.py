@@ -22,6 +22,7 @@ from ..models import Config
 from ..relay import RelayOptions
 from ..router import Router
 from .admin import AdminView, serve_admin
+from .dns import serve_dns
 from .server import Server
 
 log = logging.getLogger("chainer")
@@ -55,6 +56,8 @@ async def run_server(
                 listening=server.listening,
             )
             await tg.start(serve_admin, config.admin, view)
+        if config.dns is not None:
+            await tg.start(serve_dns, server)
         await tg.start(server.serve)
         if watch:
             tg.start_soon(_watch, server, config.path)

@@ -48,7 +48,7 @@ ROUTES = """\
     ("name", "kind", "why"),
     [
         ("db.lab.example", "fake", "chained on every port (routes[0] via lab)"),
-        ("ads.example", "refuse", "refused: routes[1] rejects it"),
+        ("ads.example", "refuse", "routes[1] rejects it"),
         # chained on one port, direct on the others: kept remote (a real answer would leak it)
         ("git.example", "fake", "chained on port 22 (routes[2] via lab)"),
         # refused on one port, direct on the others: real answers
@@ -56,7 +56,7 @@ ROUTES = """\
         ("www.example", "upstream", "direct on every port (routes[7] via direct)"),
         ("odd.example", "upstream", "direct on ports 1-7999 (routes[6] via direct)"),
         ("a.resolved.internal", "chain_resolve", 'dns.chain_resolve[0] match "*.resolved.'),
-        ("nowhere.test", "refuse", "refused: no route matches"),
+        ("nowhere.test", "refuse", "no route matches"),
     ],
 )
 def test_the_table_decides(name: str, kind: str, why: str) -> None:

@@ -96,7 +96,7 @@ class DnsPolicy:
         verdicts = tuple(self._verdict(name, low, high) for low, high in self.classes)
         merged = _merge(verdicts)
         if all(v.verdict == "refused" for v in merged):
-            return DnsAnswer("refuse", name, f"refused: {merged[0].why}", merged)
+            return DnsAnswer("refuse", name, merged[0].why, merged)
         match = self.resolvers.match(Address(name, 53))
         if match is not None:
             entry = self.dns.chain_resolve[match.route.index]

@@ -68,13 +68,8 @@ def spy_resolver(
     """A spy on `host` (UDP and TCP, one port). `make(kind)` makes its sockets (default:
     here; ``lambda kind: netns_socket(ns, AF_INET, kind)`` puts it in a namespace)."""
     make = make or (lambda kind: socket.socket(socket.AF_INET, kind))
-    udp = make(socket.SOCK_DGRAM)
-    tcp = make(socket.SOCK_STREAM)
-    udp.bind((host, port))
+    udp, tcp = _bind_pair(make, host, port)
     port = udp.getsockname()[1]
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((host, port))
-    tcp.listen(16)
     for sock in (udp, tcp):
         sock.settimeout(POLL)
     spy = Spy(records, port=port)
@@ -121,6 +116,29 @@ def spy_resolver(
             thread.join(POLL * 10)
         udp.close()
         tcp.close()
+
+
+def _bind_pair(
+    make: Callable[[int], socket.socket], host: str, port: int
+) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP on one port (a port the kernel picks for UDP may be taken for TCP:
+    a few tries)."""
+    for attempt in range(10):
+        udp = make(socket.SOCK_DGRAM)
+        tcp = make(socket.SOCK_STREAM)
+        try:
+            udp.bind((host, port))
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, udp.getsockname()[1]))
+            tcp.listen(16)
+        except OSError:
+            udp.close()
+            tcp.close()
+            if port or attempt == 9:
+                raise
+            continue
+        return udp, tcp
+    raise AssertionError("unreachable")
 
 
 def _exactly(conn: socket.socket, size: int) -> bytes:

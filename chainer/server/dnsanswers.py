@@ -3,11 +3,11 @@
 or through a chain — every answer counted by kind in /metrics.
 
 Kinds (the `answer` label of chainer_dns_queries_total): `fake_ip`, `upstream`,
-`chain_resolve`, `ptr` (a fake address looked up backwards), `blocked` (NXDOMAIN or
-REFUSED for a name the table refuses, or that is no name), `notimp` (another opcode or
-class; another type for a chained name), `formerr`, `servfail` (no resolver answered, the
-chain failed, every fake address is held), `dropped` (not answered at all: unreadable,
-a response, a client not in `dns.allow`, too many at once).
+`chain_resolve`, `ptr` (a fake address looked up backwards), `nodata` (another type for
+a chained name: NOERROR, no records), `blocked` (NXDOMAIN or REFUSED for a name the table
+refuses, or that is no name), `notimp` (another opcode or class), `formerr`, `servfail`
+(no resolver answered, the chain failed, every fake address is held), `dropped` (not
+answered at all: unreadable, a response, a client not in `dns.allow`, too many at once).
 
 A forwarded question goes out under a fresh random ID, the client's own is put back on
 the answer, and only an answer to the question asked is passed on (dnsclient.py).
@@ -165,7 +165,9 @@ class DnsAnswers:
 
     def _fake(self, query: Query, name: str, why: str) -> tuple[str, bytes, str]:
         if query.qtype not in (dnswire.A, dnswire.AAAA):
-            return "notimp", dnswire.rcode(query, "NOTIMP"), f"{why}; only A and AAAA"
+            # No records chainer could give. Not NOTIMP or SERVFAIL: stub resolvers take
+            # those to the next nameserver, which would hear the name.
+            return "nodata", dnswire.rcode(query, "NOERROR"), f"{why}; only A and AAAA"
         assert self.fakes is not None
         pair = self.fakes.addresses(name)
         if pair is None:

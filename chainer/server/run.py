@@ -38,6 +38,8 @@ async def run_server(
     relay: RelayOptions | None = None,
 ) -> None:
     server = Server(Router(config), grace=grace, relay=relay)
+    # Read before serving: a change made as soon as the port answers is still a change.
+    seen = await anyio.to_thread.run_sync(_digest, config.path) if watch else None
     async with anyio.create_task_group() as tg:
         if config.admin is not None:
             started = config.admin
@@ -60,7 +62,7 @@ async def run_server(
             await tg.start(serve_dns, server)
         await tg.start(server.serve)
         if watch:
-            tg.start_soon(_watch, server, config.path)
+            tg.start_soon(_watch, server, config.path, seen)
         await _signals(server, tg)
 
 
@@ -109,9 +111,9 @@ def _digest(path: str) -> bytes | None:
         return None
 
 
-async def _watch(server: Server, path: str) -> None:
-    """Reload when the file's contents change (checked every second, off the loop)."""
-    seen = await anyio.to_thread.run_sync(_digest, path)
+async def _watch(server: Server, path: str, seen: bytes | None) -> None:
+    """Reload when the file's contents change from `seen` (checked every second, off the
+    loop)."""
     while True:
         await anyio.sleep(WATCH_INTERVAL)
         now = await anyio.to_thread.run_sync(_digest, path)

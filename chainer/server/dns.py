@@ -99,12 +99,12 @@ async def serve_dns(
     bound = [_address(udp) for udp, _ in pairs]
     answers = DnsAnswers(lambda: server.router, server.fakes, server.metrics, dns, bound)
     door = _Door(answers)
+    if not dns.loopback and dns.open and not dns.allow:
+        log.warning("the DNS server is open: anyone who reaches it may use it as a resolver")
     try:
         async with anyio.create_task_group() as tg:
             for (udp, tcp), where in zip(pairs, bound, strict=True):
                 log.info("DNS on %s (UDP and TCP)", Address(*where))
-                if not dns.loopback and dns.open and not dns.allow:
-                    log.warning("the DNS server is open: anyone who reaches it may use it")
                 tg.start_soon(_serve_udp, udp, door)
                 tg.start_soon(_serve_tcp, tcp, door)
             task_status.started(bound)

@@ -288,6 +288,52 @@ class HttpOptions:
     x_forwarded_for: bool = False
 
 
+ReplyCode = Literal["NXDOMAIN", "REFUSED"]
+
+
+@dataclass(frozen=True, slots=True)
+class FakeIp:
+    """The addresses chainer's DNS answers for chained names (see routing/fakeip.py): a
+    name holds one slot, the same offset into each range, while it is among the `size`
+    most recently used (or in use by a live tunnel). None: no answers of that family."""
+
+    v4: str | None = "198.18.0.0/15"
+    v6: str | None = "fc00:c8::/32"
+    ttl: int = 5  # seconds, in every fake answer
+    size: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class ChainResolve:
+    """`dns.chain_resolve`: names matching `patterns` are resolved for real by `server`,
+    over TCP through the chain `via` (its last hop connects to the server)."""
+
+    index: int
+    patterns: tuple[Pattern, ...]
+    server: Address
+    via: Via
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dns:
+    """chainer's DNS server (server/dns.py); what it answers is routing/dnsanswer.py's."""
+
+    listen: tuple[Address, ...]
+    allow: tuple[str, ...] = ()  # client CIDRs, as written; empty: everyone
+    open: bool = False  # a non-loopback listener with no allow:, on purpose
+    fake_ip: FakeIp | None = FakeIp()  # None: chained names get no fake address
+    upstream: tuple[Address, ...] = ()  # empty: the nameservers of /etc/resolv.conf
+    chain_resolve: tuple[ChainResolve, ...] = ()
+    reject_rcode: ReplyCode = "NXDOMAIN"  # for names a `reject` route or `deny` refuses
+    timeout: float = 5.0  # one upstream or chain_resolve exchange
+    line: int = 0
+
+    @property
+    def loopback(self) -> bool:
+        return all(_is_loopback(a.host) for a in self.listen)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A whole validated routes.yaml."""
@@ -303,6 +349,7 @@ class Config:
     policy: Policy = Policy()
     http: HttpOptions = HttpOptions()
     mark: int | None = None  # SO_MARK for upstream sockets (defaults.mark); None: unmarked
+    dns: Dns | None = None  # chainer's DNS server, when `dns:` is configured
 
     def proxy(self, name: str) -> Proxy | None:
         for p in self.proxies:

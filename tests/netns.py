@@ -31,7 +31,7 @@ gateway), ``linked_pair`` (two namespaces with IPv6 on their link), ``nft_apply`
 ``nft_counter`` (the real nft), ``start_squid_in`` / ``SQUID``, ``start_danted_verbose_in``
 / ``DANTED_VERBOSE`` (dante logging each request as received, names included), and
 origins: ``start_tls_origin_in``, ``start_banner_in`` (the server speaks first),
-``start_dual_origin_in`` (IPv6 too).
+``start_dual_origin_in`` (IPv6 too). For DNS: ``set_resolv_conf``.
 """
 
 from __future__ import annotations
@@ -1051,3 +1051,9 @@ def start_dual_origin_in(
     argv = [sys.executable, "-c", DUAL_ORIGIN_SERVER, listen, str(port), prefix]
     log = workdir / f"origin-{listen.replace(':', '_')}.out"
     return netns_popen(ns, argv, log, ready=(listen, port), name="origin")
+
+
+def set_resolv_conf(ns: str, text: str) -> None:
+    """Replace ``ns``'s resolv.conf (made by the network that created ``ns``): point its
+    processes at a DNS server the test runs, inside the namespaces."""
+    (ETC_NETNS / ns / "resolv.conf").write_text(text)

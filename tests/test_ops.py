@@ -68,7 +68,7 @@ class Chainer:
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
-    def wait_log(self, text: str, timeout: float = 5.0) -> str:
+    def wait_log(self, text: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
         content = ""
         while time.monotonic() < deadline:

@@ -1,11 +1,23 @@
 """`_Parser`, the whole file: the top-level keys, read in dependency order (defaults,
-proxies, chains, routes, then listeners, limits, policy, http, admin) whatever their order
+proxies, chains, routes, then listeners, limits, policy, http, admin, dns) whatever their order
 in the file, combined into one Config when no section recorded an error.
 """
 
 from __future__ import annotations
 
-from ..models import DEFAULT_MARK, Config, HttpOptions, Limits, Policy, Proxy, Sniff, Timeouts, Via
+from ..models import (
+    DEFAULT_MARK,
+    Config,
+    Dns,
+    HttpOptions,
+    Limits,
+    Policy,
+    Proxy,
+    Sniff,
+    Timeouts,
+    Via,
+)
+from ._dns import _Dns
 from ._listeners import _Listeners
 from ._policy import _Policy
 from ._proxies import _Proxies
@@ -24,10 +36,11 @@ _TOP_KEYS = (
     "proxies",
     "chains",
     "routes",
+    "dns",
 )
 
 
-class _Parser(_Listeners, _Proxies, _Routes, _Policy):
+class _Parser(_Dns, _Listeners, _Proxies, _Routes, _Policy):
     def __init__(self, file: str, base_dir: str) -> None:
         super().__init__(file, base_dir)
         self.defaults = Timeouts()
@@ -77,6 +90,13 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
             at = None if admin is None else admin.address
             if at is not None and at.port and any(ln.address == at for ln in listeners):
                 self.error(section["admin"], "admin", f"{at} is also a listener")
+        dns: Dns | None = None
+        if "dns" in section and not _is_null(section["dns"]):
+            dns = self.read_dns(section["dns"])
+            taken = [ln.address for ln in listeners] + ([admin.address] if admin else [])
+            for address in dns.listen if dns else ():
+                if address.port and address in taken:
+                    self.error(section["dns"], "dns.listen", f"{address} is also a listener")
         if self.errors:
             return None
         if not self.mark_given and any(ln.transparent for ln in listeners):
@@ -93,4 +113,5 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
             policy=policy,
             http=http,
             mark=self.mark,
+            dns=dns,
         )

@@ -68,7 +68,9 @@ class Request:
     # Transparent (inbound/transparent.py): the address the client was going to, and
     # where the name in `target` came from ("none": `target` is that address).
     original: Address | None = None
-    sniffed: Literal["sni", "host", "none"] | None = None
+    sniffed: Literal["sni", "host", "fake_ip", "none"] | None = None
+    # The fake address (of chainer's DNS) the client asked for; `target` is its name.
+    fake_ip: Address | None = None
 
 
 class Inbound(Protocol):

@@ -11,9 +11,11 @@ time and bytes, and shown to `ServerNameSniffer` (proto/servername.py): a DNS na
 the TLS SNI or the HTTP Host becomes the request's target, with the original port, and
 the address stays in `Request.original` so that policy judges both. A protocol whose
 server speaks first (SSH, SMTP) sends nothing, and after the timeout it is routed by the
-address. Every byte read is handed to the tunnel first, untouched and exactly once.
-There is no protocol in which to answer a refusal or a failure: the client's connection
-is reset, which is what the application would have seen from a firewall.
+address. Every byte read is handed to the tunnel first, untouched and exactly once. An
+original destination that is a fake address of chainer's DNS (routing/fakeip.py) is not
+sniffed: the name it stands for is the target. There is no protocol in which to answer a
+refusal or a failure: the client's connection is reset, which is what the application
+would have seen from a firewall.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -111,9 +114,19 @@ class TransparentInbound:
     mode: Transparent
     sniff: Sniff | None  # None: route by the address alone
     flight: bytes = b""  # what the client sent while we listened for the name
+    # The name a fake address of chainer's DNS stands for (server/dns.py); None: none.
+    named: Callable[[str], str | None] | None = None
 
     async def read_request(self) -> Request:
         original = original_destination(self.stream.sock, self.mode)
+        name = self.named(original.host) if self.named is not None else None
+        if name is not None:
+            # The client got this address from chainer's DNS for `name`: nothing to sniff
+            # (a server that speaks first is not kept waiting either).
+            target = Address(name, original.port)
+            return Request(
+                "connect", target, original=original, sniffed="fake_ip", fake_ip=original
+            )
         if self.sniff is None:
             return Request("connect", original, original=original, sniffed="none")
         self.flight, event = await read_first_flight(self.stream, self.sniff)

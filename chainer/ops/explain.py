@@ -18,6 +18,8 @@ from typing import Literal
 
 from ..errors import BadTarget, Refused
 from ..models import Address, Config, Proxy, Via
+from ..routing.dnsanswer import DnsPolicy
+from ..routing.fakeip import FakeIps
 from ..routing.policy import Guard
 from ..routing.table import RouteTable
 from ..routing.target import normalize_host, parse_authority
@@ -26,6 +28,7 @@ from .liveview import EdgeNotes, HealthView
 
 __all__ = [
     "CandidateView",
+    "DnsView",
     "EdgeView",
     "Explanation",
     "PolicyVerdict",
@@ -97,6 +100,14 @@ class PolicyVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsView:
+    """What chainer's DNS server answers for the name (routing/dnsanswer.py), and why."""
+
+    answer: str  # fake_ip, upstream, chain_resolve, blocked; fake_address: an IP it lends
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     given: str  # the destination as typed (or its authority, when given an Address)
     target: Address  # as normalized
@@ -114,6 +125,7 @@ class Explanation:
     # `--sni`: a captured connection to this address whose first flight named `target`
     captured: Address | None = None
     sniffing: bool = True  # some transparent listener reads first flights for names
+    dns: DnsView | None = None  # with `dns:` configured
 
     @property
     def policy_refused(self) -> str | None:
@@ -208,7 +220,8 @@ def explain(
         if Address(name, 1).is_ip:
             raise BadTarget(f"--sni takes a name, not an address: {printable(sni[:100])!r}")
         captured, address = address, Address(name, address.port)
-    match = RouteTable(config.routes).match(address)
+    table = RouteTable(config.routes)
+    match = table.match(address)
     route = match.route if match is not None else None
     return Explanation(
         given=given,
@@ -228,7 +241,39 @@ def explain(
         policy=_policy(config, address, captured),
         captured=captured,
         sniffing=any(ln.sniff for ln in config.listeners if ln.transparent),
+        dns=_dns(config, table, address),
     )
+
+
+def _dns(config: Config, table: RouteTable, target: Address) -> DnsView | None:
+    """What the DNS server would answer for the name, decided as the server decides."""
+    dns = config.dns
+    if dns is None:
+        return None
+    if target.is_ip:
+        fake = dns.fake_ip
+        if fake is None or not FakeIps(fake).covers(target.host):
+            return None
+        return DnsView(
+            "fake_address",
+            "a fake address of chainer's DNS: a connection to it is routed by the name it "
+            "is lent to (`dig -x` asks the running server which)",
+        )
+    decision = DnsPolicy(config, table).decide(target.host)
+    if decision.kind == "fake":
+        assert dns.fake_ip is not None
+        ranges = " and ".join(r for r in (dns.fake_ip.v4, dns.fake_ip.v6) if r)
+        text = (
+            f"a fake address from {ranges} (TTL {dns.fake_ip.ttl}s): {decision.why}; "
+            "no query for it leaves this machine"
+        )
+        return DnsView("fake_ip", text)
+    if decision.kind == "chain_resolve":
+        return DnsView("chain_resolve", f"real addresses: {decision.why}")
+    if decision.kind == "upstream":
+        where = ", ".join(str(a) for a in dns.upstream) or "the resolvers of /etc/resolv.conf"
+        return DnsView("upstream", f"real addresses from {where}: {decision.why}")
+    return DnsView("blocked", f"{dns.reject_rcode}: {decision.why}")
 
 
 def _via(config: Config, via: Via, target: Address, health: HealthView | None) -> ViaView:

@@ -76,6 +76,8 @@ def render_text(e: Explanation) -> str:
             lines.append(f"  {'policy':<12} refused on {verdict.listener}: {why}")
     elif e.policy_refused is not None:
         lines.append(f"  {'policy':<12} refused: {printable(e.policy_refused)}")
+    if e.dns is not None:
+        lines.append(f"  {'dns':<12} {printable(e.dns.text)}")
     if e.refused:
         lines.append(
             f"  {'result':<12} refused, no connection made: HTTP 403, SOCKS5 0x02, SOCKS4 91"
@@ -183,4 +185,5 @@ def render_json(e: Explanation) -> dict[str, Any]:
         "fallbacks": [_via_json(v) for v in e.fallbacks],
         "live": e.live,
         "captured": None if e.captured is None else str(e.captured),
+        "dns": None if e.dns is None else {"answer": e.dns.answer, "text": e.dns.text},
     }

@@ -42,6 +42,7 @@ from ..relay.sockstream import SockStream
 from ..relay.streams import PrefixedStream
 from ..relay.tls import TLSLeg
 from ..router import Router
+from ..routing.fakeip import Claim, FakeIps
 from ..routing.policy import Guard
 from ..text import READ_SIZE
 from . import forwarding
@@ -69,6 +70,7 @@ class Shared:
     ids: Iterator[int]
     logins: LoginThrottle
     registry: Registry = field(default_factory=Registry)  # open tunnels, for the admin
+    fakes: FakeIps | None = None  # the DNS server's fake addresses, when it lends them
 
 
 async def handle(shared: Shared, client: SockStream, door: Door, peer: tuple[str, int]) -> None:
@@ -88,6 +90,7 @@ class Connection:
         self.tls = False  # the client speaks TLS to us
         self.spliced: Sequence[int] | None = None  # a spliced tunnel's live (up, down)
         self.half_closed_early = False  # the client ended its side before our answer
+        self.claim: Claim | None = None  # a fake address held while this connection lives
 
     async def run(self) -> None:
         conn = self.record
@@ -182,11 +185,14 @@ class Connection:
     async def _serve_captured(self, mode: Transparent) -> None:
         """A transparent listener's connection: no request to read, a tunnel to where it
         was going, by name when its first flight tells one (inbound/transparent.py)."""
-        inbound = TransparentInbound(self.client, mode, self.door.listener.sniff)
+        fakes = self.shared.fakes
+        named = fakes.name_of if fakes is not None else None
+        inbound = TransparentInbound(self.client, mode, self.door.listener.sniff, named=named)
         request = await inbound.read_request()
         conn = self.record
         conn.target, conn.original = request.target, request.original
         conn.inbound, conn.sniffed = mode, request.sniffed
+        conn.fake_ip = request.fake_ip
         await self._serve_request(inbound, request)
 
     async def _serve_request(self, inbound: Inbound, request: Request) -> None:
@@ -194,8 +200,9 @@ class Connection:
         router = self.shared.router()
         guard = Guard.for_listener(router.config.policy, self.door.listener, self.shared.bound)
         try:
+            request = self._unfake(request)
             guard.check(request.target)
-            if request.original is not None and request.original != request.target:
+            if request.original not in (None, request.target) and request.fake_ip is None:
                 guard.check(request.original)  # a sniffed name: its address is judged too
             plan = None
             if request.kind == "forward":
@@ -205,7 +212,8 @@ class Connection:
             conn.route, conn.via = _route_and_via(router, request)
             opened = None
             with watch_for_close(None if self.tls else self.client) as watch:
-                opened = await router.open(request.target, guard.check_address, forward=plan)
+                screen = self._screen(guard)
+                opened = await router.open(request.target, screen, forward=plan)
             if watch.closed or opened is None:
                 # The client's connection was reset while its chain was being built: what
                 # was built is closed (a chain that came up just then too).
@@ -237,6 +245,39 @@ class Connection:
         finally:
             if not conn.handed_off:
                 metrics.active.dec()
+
+    def _unfake(self, request: Request) -> Request:
+        """A request for a fake address of chainer's DNS is one for the name it stands
+        for (held until the connection ends); one the table no longer knows is refused."""
+        fakes, target = self.shared.fakes, request.target
+        fake = request.fake_ip
+        if fake is None and (fakes is None or not target.is_ip or not fakes.covers(target.host)):
+            return request
+        assert fakes is not None
+        fake = fake or target
+        self.claim = fakes.claim(fake.host)
+        if self.claim is None:
+            raise Refused(
+                f"{fake.host} is a fake address chainer's DNS lends to no name now (lent "
+                "before a restart, or forgotten since): ask for the name again"
+            )
+        request.target, request.fake_ip = Address(self.claim.name, target.port), fake
+        self.record.target, self.record.fake_ip = request.target, fake
+        return request
+
+    def _screen(self, guard: Guard) -> Callable[[str, int], None]:
+        """What vets the addresses a `direct` name resolves to: the policy, and never a
+        fake address (this machine's resolver may be chainer's own DNS)."""
+        fakes = self.shared.fakes
+        if fakes is None:
+            return guard.check_address
+
+        def screen(host: str, port: int) -> None:
+            if fakes.covers(host):
+                raise Refused(f"{host} is a fake address of chainer's DNS, not a destination")
+            guard.check_address(host, port)
+
+        return screen
 
     async def _relay(
         self, inbound: Inbound, request: Request, dialed: Dialed, router: Router, route: Route
@@ -305,6 +346,8 @@ class Connection:
 
     def _ended(self) -> None:
         conn = self.record
+        if self.claim is not None and self.shared.fakes is not None:
+            self.shared.fakes.release(self.claim)
         self.shared.registry.closed(self)
         conn.log()
         self.shared.metrics.connection_done(conn.route, conn.outcome, conn.up, conn.down)

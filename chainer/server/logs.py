@@ -68,11 +68,13 @@ class ConnRecord:
     inbound: str | None = None
     original: Address | None = None
     sniffed: str | None = None
+    fake_ip: Address | None = None  # the fake address (of chainer's DNS) the client asked for
 
     def fields(self) -> dict[str, Any]:
         return {
             "client": self.client,
             "dest": str(self.target) if self.target else None,
+            **({"fake_ip": self.fake_ip.host} if self.fake_ip else {}),
             **self._captured(),
             "route": self.route,
             "via": self.via,
@@ -90,6 +92,7 @@ class ConnRecord:
         parts = [
             f"client={self.client}",
             f"dest={self.target or '-'}",
+            *([f"fake_ip={self.fake_ip.host}"] if self.fake_ip else []),
             *(f"{key}={value or '-'}" for key, value in self._captured().items()),
             f"route={self.route}",
             f"via={self.via}",

@@ -84,6 +84,12 @@ class Metrics:
         self.reloads = Counter(
             "chainer_reloads", "Route table reloads, by result", ["result"], registry=r
         )
+        self.dns_queries = Counter(
+            "chainer_dns_queries",
+            "DNS questions by what they were answered (server/dnsanswers.py)",
+            ["answer"],
+            registry=r,
+        )
         r.register(_BreakerCollector(health))
         # labels() costs a lookup and a lock per call; the hot ones are kept at hand
         self._connection_children: dict[tuple[str, str], Counter] = {}
@@ -110,6 +116,18 @@ class Metrics:
             self._up.inc(up)
         if down:
             self._down.inc(down)
+
+    def dns_answered(self, kind: str) -> None:
+        self.dns_queries.labels(kind).inc()
+
+    def fake_ip_entries(self, count: Callable[[], int]) -> None:
+        """A gauge of the names holding a fake address now (read when scraped)."""
+        gauge = Gauge(
+            "chainer_dns_fake_ip_entries",
+            "Names that hold a fake address",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: float(count()))
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()

@@ -23,6 +23,7 @@ from ..models import Config
 from ..relay import RelayOptions
 from ..router import Router
 from .admin import AdminView, serve_admin
+from .dns import serve_dns
 from .server import Server
 
 log = logging.getLogger("chainer")
@@ -40,6 +41,8 @@ async def run_server(
     server = Server(Router(config), grace=grace, relay=relay)
     loop = type(asyncio.get_running_loop())
     log.info("event loop: %s", "uvloop" if loop.__module__.startswith("uvloop") else "asyncio")
+    # Read before serving: a change made as soon as the port answers is still a change.
+    seen = await anyio.to_thread.run_sync(_digest, config.path) if watch else None
     async with anyio.create_task_group() as tg:
         if config.admin is not None:
             started = config.admin
@@ -58,9 +61,11 @@ async def run_server(
                 listening=server.listening,
             )
             await tg.start(serve_admin, config.admin, view)
+        if config.dns is not None:
+            await tg.start(serve_dns, server)
         await tg.start(server.serve)
         if watch:
-            tg.start_soon(_watch, server, config.path)
+            tg.start_soon(_watch, server, config.path, seen)
         await _signals(server, tg)
 
 
@@ -109,9 +114,9 @@ def _digest(path: str) -> bytes | None:
         return None
 
 
-async def _watch(server: Server, path: str) -> None:
-    """Reload when the file's contents change (checked every second, off the loop)."""
-    seen = await anyio.to_thread.run_sync(_digest, path)
+async def _watch(server: Server, path: str, seen: bytes | None) -> None:
+    """Reload when the file's contents change from `seen` (checked every second, off the
+    loop)."""
     while True:
         await anyio.sleep(WATCH_INTERVAL)
         now = await anyio.to_thread.run_sync(_digest, path)

@@ -20,6 +20,7 @@ from ..models import Config, Listener, Proxy
 from ..outbound.ssh import insecure_host_keys
 from ..relay import RelayOptions
 from ..router import Router
+from ..routing.fakeip import FakeIps
 from ..text import plural
 from .connection import Shared, handle
 from .listeners import Occupancy, accept, address, bind
@@ -57,6 +58,12 @@ class Server:
         # file's listeners are compared with.
         self._serving: tuple[Listener, ...] = tuple(router.config.listeners)
         self.bound: list[tuple[str, int]] = []  # every listening (host, port)
+        # The DNS server's fake addresses (dns.py): kept across reloads, like listeners.
+        dns = router.config.dns
+        self._dns_started = None if dns is None else (dns.listen, dns.fake_ip)
+        self.fakes = FakeIps(dns.fake_ip) if dns is not None and dns.fake_ip else None
+        if self.fakes is not None:
+            self.metrics.fake_ip_entries(self.fakes.__len__)
 
     @property
     def active(self) -> int:
@@ -78,6 +85,9 @@ class Server:
         insecure_host_keys(config.proxies)
         if _unlined(config.listeners) != _unlined(self._serving):
             log.warning("listener changes take effect at the next restart")
+        dns = config.dns
+        if (None if dns is None else (dns.listen, dns.fake_ip)) != self._dns_started:
+            log.warning("dns.listen and dns.fake_ip changes take effect at the next restart")
         log.info(
             "reloaded %s: %d routes, %d proxies (%d changed)",
             config.path,
@@ -136,6 +146,7 @@ class Server:
                     self._ids,
                     self.logins,
                     self.registry,
+                    self.fakes,
                 )
                 connect = functools.partial(handle, shared)
                 async with anyio.create_task_group() as connections:

@@ -26,7 +26,7 @@ class Router:
 
     def __init__(self, config: Config, health: Health | None = None) -> None:
         self.config = config
-        self.table = RouteTable(config.routes)
+        self.table = RouteTable.of(config.routes)  # built by a reload's worker thread
         self.dialer = Dialer(config.defaults, health, max_attempts=config.limits.max_attempts)
 
     @classmethod

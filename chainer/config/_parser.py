@@ -1,11 +1,11 @@
 """`_Parser`, the whole file: the top-level keys, read in dependency order (defaults,
-proxies, chains, routes, then listeners, limits, policy, http, admin) whatever their order
+proxies, chains, lists, routes, then listeners, limits, policy, http, admin) whatever their order
 in the file, combined into one Config when no section recorded an error.
 """
 
 from __future__ import annotations
 
-from ..models import Config, HttpOptions, Limits, Policy, Proxy, Timeouts, Via
+from ..models import Config, HttpOptions, Limits, PatternList, Policy, Proxy, Timeouts, Via
 from ._listeners import _Listeners
 from ._policy import _Policy
 from ._proxies import _Proxies
@@ -23,6 +23,7 @@ _TOP_KEYS = (
     "http",
     "proxies",
     "chains",
+    "lists",
     "routes",
 )
 
@@ -36,6 +37,8 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
         self.chain_names: set[str] = set()
         # Defined, but with errors of their own: a reference to one adds no error.
         self.broken: set[str] = set()
+        self.lists: dict[str, PatternList] = {}
+        self.broken_lists: set[str] = set()
 
     def parse(self, text: str) -> Config | None:
         root = self.compose(text)
@@ -55,6 +58,8 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
             self.read_proxies(section["proxies"])
         if "chains" in section:
             self.read_chains(section["chains"])
+        if "lists" in section:
+            self.read_lists(section["lists"])
         routes = self.read_routes(section.get("routes"))
         listeners = self.read_listeners(section.get("listen"))
         limits = self.read_limits(section["limits"]) if "limits" in section else Limits()
@@ -87,4 +92,5 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
             limits=limits,
             policy=policy,
             http=http,
+            lists=tuple(self.lists.values()),
         )

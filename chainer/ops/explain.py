@@ -1,9 +1,10 @@
 """`chainer explain HOST[:PORT]`: what the route table would do with a destination.
 
 Nothing is sent anywhere. The answer says which rule matches (its position, the pattern
-and file:line), what the server's destination policy says on each listener, the via and
-each hop position's candidates with their strategy and timeouts, the fallbacks in order,
-and where the destination's name would be resolved. `explain_render` shows it.
+and file:line; for a pattern from a `lists:` file, that list and its file:line too), what
+the server's destination policy says on each listener, the via and each hop position's
+candidates with their strategy and timeouts, the fallbacks in order, and where the
+destination's name would be resolved. `explain_render` shows it.
 
 Live health is optional and comes from a `HealthView` (`liveview.py`). Health is kept
 per edge (the hop a candidate is reached through, the candidate), so a candidate at hop
@@ -28,6 +29,7 @@ __all__ = [
     "CandidateView",
     "EdgeView",
     "Explanation",
+    "ListedAt",
     "PolicyVerdict",
     "PositionView",
     "Resolution",
@@ -97,6 +99,19 @@ class PolicyVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedAt:
+    """Where a matching pattern read from a `lists:` file was written."""
+
+    name: str
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     given: str  # the destination as typed (or its authority, when given an Address)
     target: Address  # as normalized
@@ -111,6 +126,7 @@ class Explanation:
     routes_total: int
     live: bool
     policy: tuple[PolicyVerdict, ...] = ()
+    listed: ListedAt | None = None  # the pattern came from a `lists:` file
 
     @property
     def policy_refused(self) -> str | None:
@@ -182,8 +198,13 @@ def explain(config: Config, target: Address | str, health: HealthView | None = N
         address, assumed = parse_destination(target)
     else:
         given, address, assumed = str(target), target, False
-    match = RouteTable(config.routes).match(address)
+    match = RouteTable.of(config.routes).match(address)
     route = match.route if match is not None else None
+    listed = None
+    if match is not None and match.pattern.list_name:
+        found = config.pattern_list(match.pattern.list_name)
+        file = found.file if found is not None else "?"
+        listed = ListedAt(match.pattern.list_name, file, match.pattern.line)
     return Explanation(
         given=given,
         target=address,
@@ -200,6 +221,7 @@ def explain(config: Config, target: Address | str, health: HealthView | None = N
         routes_total=len(config.routes),
         live=health is not None,
         policy=_policy(config, address),
+        listed=listed,
     )
 
 

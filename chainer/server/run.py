@@ -1,9 +1,11 @@
 """`chainer serve` at run time: the server, the admin endpoint, signals, reloads.
 
-SIGHUP (or, with --watch, a change of the file's contents) reloads the route table: the
-new file is validated first; a bad one is reported with file:line and the running table
-stays. SIGTERM/SIGINT stop accepting and give live tunnels the grace period; a second
-signal closes them at once.
+SIGHUP (or, with --watch, a change of the contents of the file or of a list file it
+names) reloads the route table: the new file is validated first; a bad one is reported
+with file:line and the running table stays. Reading, validating and indexing a table all
+happen in a worker thread; the event loop only swaps the finished table in.
+SIGTERM/SIGINT stop accepting and give live tunnels the grace period; a second signal
+closes them at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ..errors import ConfigErrors
 from ..models import Config
 from ..relay import RelayOptions
 from ..router import Router
+from ..routing import policy
+from ..routing.table import RouteTable
 from .admin import AdminView, serve_admin
 from .server import Server
 
@@ -55,15 +59,24 @@ async def run_server(
             await tg.start(serve_admin, config.admin, view)
         await tg.start(server.serve)
         if watch:
-            tg.start_soon(_watch, server, config.path)
+            tg.start_soon(_watch, server)
         await _signals(server, tg)
 
 
+def _prepare(path: str) -> Config:
+    """Everything a big table costs before it can serve: reading, validating, and
+    indexing its routes and deny patterns (found again by the Router it goes into)."""
+    config = load_config(path)
+    RouteTable.of(config.routes)
+    policy.prepare(config.policy)
+    return config
+
+
 async def reload(server: Server, path: str) -> bool:
-    """Read and validate `path` in a worker thread — a large table takes a while to parse,
+    """Read, validate and index `path` in a worker thread — a large table takes a while,
     and live tunnels must not wait for it — then swap it in on the event loop, at once."""
     try:
-        config = await anyio.to_thread.run_sync(load_config, path)
+        config = await anyio.to_thread.run_sync(_prepare, path)
     except ConfigErrors as exc:
         for error in exc.errors:
             log.error("reload refused, keeping the running table: %s", error)
@@ -97,20 +110,42 @@ async def _cancel_when_served(server: Server, tg: TaskGroup) -> None:
     tg.cancel_scope.cancel()
 
 
-def _digest(path: str) -> bytes | None:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).digest()
-    except OSError:
-        return None
+_Seen = dict[str, bytes | None]  # path -> digest of its contents (None: unreadable)
 
 
-async def _watch(server: Server, path: str) -> None:
-    """Reload when the file's contents change (checked every second, off the loop)."""
-    seen = await anyio.to_thread.run_sync(_digest, path)
+def _digests(paths: list[str]) -> _Seen:
+    seen: _Seen = {}
+    for path in paths:
+        try:
+            seen[path] = hashlib.sha256(Path(path).read_bytes()).digest()
+        except OSError:
+            seen[path] = None
+    return seen
+
+
+def _watched(server: Server) -> list[str]:
+    config = server.router.config
+    return [config.path, *(pl.file for pl in config.lists)]
+
+
+async def _watch(server: Server) -> None:
+    """Reload when the contents of routes.yaml or of a list it names change (checked
+    every second, off the loop). The lists watched are those of the running table; a
+    list that becomes unreadable is a change too (the reload then says why), routes.yaml
+    being unreadable is not (an editor replacing it)."""
+    seen = await anyio.to_thread.run_sync(_digests, _watched(server))
     while True:
         await anyio.sleep(WATCH_INTERVAL)
-        now = await anyio.to_thread.run_sync(_digest, path)
-        if now is not None and now != seen:
-            seen = now
-            log.info("%s changed: reloading", path)
-            await reload(server, path)
+        paths = _watched(server)
+        now = await anyio.to_thread.run_sync(_digests, paths)
+        if now[paths[0]] is None:
+            continue  # being replaced: compare again when it is back
+        changed = [p for p in paths if now[p] != seen.get(p, now[p])]
+        if not changed:
+            seen = now  # lists named since the last look (SIGHUP) start from here
+            continue
+        log.info("%s changed: reloading", changed[0])
+        await reload(server, paths[0])
+        seen = now
+        if _watched(server) != paths:  # the new table names other lists
+            seen = await anyio.to_thread.run_sync(_digests, _watched(server))

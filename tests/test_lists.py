@@ -439,3 +439,25 @@ async def test_a_reload_indexes_the_table_off_the_event_loop(
     with pytest.raises(Refused):
         Guard(server.router.config.policy, own=(), exposed=False).check(target)
     assert len(built_in) == 3
+
+
+def test_the_split_tunnel_example_sends_corporate_destinations_through_the_chain() -> None:
+    root = Path(__file__).resolve().parent.parent
+    config = load_config(root / "examples" / "split-tunnel.yaml")  # in place, lists beside it
+    table = RouteTable(config.routes)
+    for host, port in [
+        ("wiki.corp.example", 443),
+        ("10.1.2.3", 8080),
+        ("2001:db8:c0::5", 443),
+        ("192.168.100.7", 22),
+        ("build7.ci.example", 443),
+    ]:
+        match = table.match(Address(host, port))
+        assert match is not None
+        assert (match.route.via.label, match.pattern.list_name) == ("corporate", "corp")
+    for host, port in [("example.com", 443), ("192.168.100.7", 443), ("corp.example.org", 443)]:
+        match = table.match(Address(host, port))
+        assert match is not None
+        assert match.route.via.kind == "direct"
+    with pytest.raises(Refused, match="list blocked"):
+        Guard(config.policy, own=(), exposed=False).check(Address("a.tracker.example", 443))

@@ -461,3 +461,29 @@ def test_the_split_tunnel_example_sends_corporate_destinations_through_the_chain
         assert match.route.via.kind == "direct"
     with pytest.raises(Refused, match="list blocked"):
         Guard(config.policy, own=(), exposed=False).check(Address("a.tracker.example", 443))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_pauses_the_collector_and_restores_it_as_it_was(here: Path, enabled: bool) -> None:
+    import gc
+
+    write(here, SPLIT, corp="".join(f"n{i}.example\n" for i in range(20000)))
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    was = gc.isenabled()
+    gc.callbacks.append(seen)
+    try:
+        gc.enable() if enabled else gc.disable()
+        load_config("routes.yaml")  # 20,000 patterns: dozens of collections, unpaused
+        assert len(collections) <= 1  # the one owed once the collector resumes
+        assert gc.isenabled() is enabled
+        with pytest.raises(ConfigErrors):
+            load_config("missing.yaml")
+        assert gc.isenabled() is enabled
+    finally:
+        gc.callbacks.remove(seen)
+        gc.enable() if was else gc.disable()

@@ -24,10 +24,17 @@ import os
 from ..errors import ConfigErrors
 from ..models import Config
 from ..text import parse_duration
-from ._files import read_text_file
+from ._files import collector_paused, read_text_file
 from ._parser import _Parser
 
-__all__ = ["MAX_FILE_BYTES", "load_config", "parse_config", "parse_duration", "read_text_file"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "collector_paused",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "read_text_file",
+]
 
 
 MAX_FILE_BYTES = 4 << 20  # a route table of 100,000 patterns is about 3 MiB
@@ -36,7 +43,8 @@ MAX_FILE_BYTES = 4 << 20  # a route table of 100,000 patterns is about 3 MiB
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a routes.yaml. Raises ConfigErrors holding every problem found."""
     file = os.fspath(path)
-    return parse_config(read_text_file(file, MAX_FILE_BYTES), file)
+    with collector_paused():
+        return parse_config(read_text_file(file, MAX_FILE_BYTES), file)
 
 
 def parse_config(text: str, file: str, base_dir: str | None = None) -> Config:

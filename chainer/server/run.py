@@ -10,15 +10,17 @@ closes them at once.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import signal
+import threading
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 
-from ..config import load_config
+from ..config import collector_paused, load_config
 from ..errors import ConfigErrors
 from ..models import Config
 from ..relay import RelayOptions
@@ -41,6 +43,12 @@ async def run_server(
     relay: RelayOptions | None = None,
 ) -> None:
     server = Server(Router(config), grace=grace, relay=relay)
+    # Everything alive now (modules, the table and its index) lives as long as the
+    # process: the cyclic collector need never walk it again. Nothing is serving yet,
+    # so nothing short-lived is frozen with it. (A reloaded table is not frozen: live
+    # connections would be frozen with it, and their cycles never collected.)
+    gc.collect()
+    gc.freeze()
     async with anyio.create_task_group() as tg:
         if config.admin is not None:
             started = config.admin
@@ -63,12 +71,17 @@ async def run_server(
         await _signals(server, tg)
 
 
+_preparing = threading.Lock()  # one table built at a time (SIGHUP and --watch may race)
+
+
 def _prepare(path: str) -> Config:
     """Everything a big table costs before it can serve: reading, validating, and
-    indexing its routes and deny patterns (found again by the Router it goes into)."""
-    config = load_config(path)
-    RouteTable.of(config.routes)
-    policy.prepare(config.policy)
+    indexing its routes and deny patterns (found again by the Router it goes into),
+    with the cyclic collector paused (see `collector_paused`)."""
+    with _preparing, collector_paused():
+        config = load_config(path)
+        RouteTable.of(config.routes)
+        policy.prepare(config.policy)
     return config
 
 

@@ -33,13 +33,17 @@ class Plan:
     memory_steps: tuple[int, ...]
     hops: tuple[int, ...]
     with_pproxy: bool
+    table_patterns: int = 100_000  # the big route table (issue 16)
+    reload_rounds: int = 3
+    reload_seconds: float = 3.0
 
     @staticmethod
     def for_mode(mode: str) -> Plan:
         if mode == "smoke":
-            return Plan(mode, 1, 8 * 2**20, 1, 0.3, 0.1, 1, (50, 100), (0,), False)
+            return Plan(mode, 1, 8 * 2**20, 1, 0.3, 0.1, 1, (50, 100), (0,), False, 5000, 1, 1.0)
         if mode == "quick":
-            return Plan(mode, 3, 256 * 2**20, 3, 1.0, 0.2, 1, (1000, 2000, 5000), (0, 1, 3), True)
+            steps = (1000, 2000, 5000)
+            return Plan(mode, 3, 256 * 2**20, 3, 1.0, 0.2, 1, steps, (0, 1, 3), True, 100_000, 1)
         return Plan(mode, 5, GIB, 5, 2.0, 0.3, 3, (1000, 2000, 5000, 10000), (0, 1, 3), True)
 
 
@@ -117,7 +121,7 @@ def setups(
         if not c.speaks_connect:
             continue
         jobs[f"{name}@c1"] = (c, 1)
-        if name in (chainer_name(0), "pproxy"):
+        if name in (chainer_name(0), "pproxy") or c.reference is not None:
             jobs[f"{name}@c50"] = (c, 50)
     rounds: Rounds = []
     for n in range(plan.setup_rounds):
@@ -139,7 +143,9 @@ def setups(
         log(f"set-up round {n + 1}: " + _brief(samples, "per_s", "/s"))
 
     def reference(label: str) -> str | None:
-        ref = "pproxy@" + label.split("@")[1]
+        name, conc = label.split("@")
+        c = contenders.get(name)
+        ref = f"{c.reference if c is not None and c.reference else 'pproxy'}@{conc}"
         return ref if ref in jobs else None
 
     summary = {

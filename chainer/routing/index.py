@@ -182,26 +182,25 @@ V = TypeVar("V")
 
 
 class Recent(Generic[K, V]):
-    """The last few values made from a key, found again by the key's identity (a routes
-    or deny tuple: hashing 100,000 patterns to find their index would cost what the
-    index saves). An entry holds its key, so the id cannot be reused while it is here.
+    """The value last made from a key, found again by the key's identity (a routes or
+    deny tuple: hashing 100,000 patterns to find their index would cost what the index
+    saves). The entry holds its key, so the id cannot be reused while it is here.
 
     A reload builds the new table's indexes in its worker thread; the event loop then
-    asks for the same tuple and gets them at once."""
+    asks for the same tuple and gets them at once. One entry only: the running table's
+    index is referenced by the Router anyway, and an older one kept here would keep a
+    whole table alive after a reload."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: list[tuple[K, V]] = []
+        self._entry: tuple[K, V] | None = None
 
     def get(self, key: K, make: Callable[[K], V]) -> V:
         with self._lock:
-            for known, value in self._entries:
-                if known is key:
-                    return value
+            entry = self._entry
+        if entry is not None and entry[0] is key:
+            return entry[1]
         value = make(key)  # outside the lock: a big index takes a while
         with self._lock:
-            dropped = self._entries
-            self._entries = [*dropped[-(self._size - 1) :], (key, value)]
-        del dropped  # an evicted index is freed here, by whoever built the new one
+            self._entry = (key, value)
         return value

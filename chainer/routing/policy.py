@@ -91,7 +91,7 @@ def _is_local(ip: IP) -> bool:
 
 
 _Indexes = tuple[PatternIndex, PatternIndex]  # every deny pattern; its addresses only
-_DENY: Recent[tuple[Pattern, ...], _Indexes] = Recent(2)
+_DENY: Recent[tuple[Pattern, ...], _Indexes] = Recent()
 
 
 def _deny_indexes(deny: tuple[Pattern, ...]) -> _Indexes:

@@ -68,4 +68,4 @@ def scan_match(routes: Sequence[Route], addr: Address) -> Match | None:
     return None
 
 
-_RECENT: Recent[tuple[Route, ...], RouteTable] = Recent(2)
+_RECENT: Recent[tuple[Route, ...], RouteTable] = Recent()

@@ -33,6 +33,7 @@ from .server import Server
 log = logging.getLogger("chainer")
 
 WATCH_INTERVAL = 1.0
+SETTLE = 0.05
 
 
 async def run_server(
@@ -82,6 +83,9 @@ def _prepare(path: str) -> Config:
         config = load_config(path)
         RouteTable.of(config.routes)
         policy.prepare(config.policy)
+        # The new table is the young generation now: walk it once here, into the old
+        # generation, rather than twice (young, then middle) from the event loop later.
+        gc.collect(1)
     return config
 
 
@@ -95,6 +99,11 @@ async def reload(server: Server, path: str) -> bool:
             log.error("reload refused, keeping the running table: %s", error)
         server.metrics.reloaded(False)
         return False
+    # Two things hold the interpreter for tens of milliseconds at the end of a big
+    # reload: the collector's walk of the new table (just done, in the worker) and
+    # freeing the old one (when the swap drops it). A moment between them lets every
+    # tunnel move its bytes, so none waits through both.
+    await anyio.sleep(SETTLE)
     server.reload(config)
     return True
 

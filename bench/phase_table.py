@@ -22,12 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import table
+from phases import Plan, chainer_name
 from procs import BENCH, ROOT, Contender, Lab, Worker, rss_kib
-from report import median_or_none
+from report import Row, Target, median_or_none, target
 
 Log = Callable[[str], None]
 PING_INTERVAL = 0.002
 HUP_AT = 0.5
+
+# A reload of the big table takes about a second; a live tunnel it paused would wait
+# that long. What remains is the interpreter's: threads switch in 5 ms slices while the
+# worker parses, and the collector's one walk of the new table and freeing the old one
+# each hold it for some milliseconds (tens on a busy 2-core machine).
+RELOAD_PAUSE_MS = 50.0
 
 
 def table_name(patterns: int) -> str:
@@ -149,3 +156,95 @@ def _summary(samples: list[dict[str, Any]]) -> dict[str, float | None]:
         "applied_in": float(len(values("reload", "reload_applied_s"))),
         "rounds": float(len(samples)),
     }
+
+
+def start(
+    plan: Plan,
+    lab: Lab,
+    worker: Worker,
+    bulk: tuple[str, int],
+    seed: int,
+    log: Log,
+) -> tuple[Contender, dict[str, Any], dict[str, float]]:
+    """Load the big table in fresh processes, then start chainer serving it."""
+    texts = table.patterns(plan.table_patterns, seed)
+    log(f"big table: {len(texts):,} patterns, loaded inline and from lists")
+    loaded = loads(lab, texts, seed, log)
+    name = table_name(len(texts))
+    log(f"starting {name} (the table from lists; set-ups compared with chainer-0hop)")
+    c = lab.start_chainer_with(name, writer(texts), chainer_name(0))
+    check = worker.call(30, op="check", port=c.port, target=c.target(bulk), size=1024)
+    if "error" in check:
+        raise RuntimeError(f"{name} failed its 1 KiB echo: {check['error']}")
+    return c, loaded, serving(c)
+
+
+def rows(big: dict[str, Any]) -> list[Row]:
+    name = big["name"]
+
+    def one(metric: str, value: float | None, note: str = "") -> Row:
+        return Row(name, metric, value, None, None, None, None, note)
+
+    rows = []
+    for form in ("lists", "inline"):
+        m = big["load"].get(form, {})
+        note = m.get("error", f"{m.get('patterns', 0):,} patterns")
+        rows.append(one(f"table load s ({form})", m.get("total_s"), note))
+        rows.append(one(f"table load peak RSS MiB ({form})", m.get("peak_rss_mib")))
+    m = big["load"].get("lists", {})
+    for kind in ("hit", "miss"):
+        spread = m.get(f"match_{kind}_us", {})
+        rows.append(one(f"match µs p50 ({kind})", spread.get("median")))
+        rows.append(one(f"match µs p99 ({kind})", spread.get("p99")))
+    rows.append(one("plain scan µs (miss)", m.get("scan_miss_us"), "what the index replaces"))
+    rows.append(one("RSS MiB serving", big["serving_at_start"]["rss_mib"], "once listening"))
+    rows.append(
+        one("peak RSS MiB serving", big["serving_at_end"]["peak_rss_mib"], "reloads included")
+    )
+    r = big["reload"]["summary"]
+    rows.append(one("longest echo ms, no reload", r["quiet_max_ms"], "1 byte every 2 ms"))
+    rows.append(one("longest echo ms, during a reload", r["reload_max_ms"]))
+    rows.append(one("echo p99 ms, during a reload", r["reload_p99_ms"]))
+    seen = f"seen in {r['applied_in']:.0f} of {r['rounds']:.0f} rounds"
+    rows.append(one("reload in effect after s", r["applied_s"], seen))
+    return rows
+
+
+def targets(big: dict[str, Any], su: dict[str, Any]) -> list[Target]:
+    loads = [big["load"].get(f, {}) for f in ("lists", "inline")]
+    seconds = [m["total_s"] for m in loads if "total_s" in m]
+    rss = [m["peak_rss_mib"] for m in loads if "peak_rss_mib" in m]
+    rss.append(big["serving_at_start"]["rss_mib"])
+    p99 = [
+        m[f"match_{kind}_us"]["p99"] for m in loads if "total_s" in m for kind in ("hit", "miss")
+    ]
+    rate = su["summary"]["per_s"].get(f"{big['name']}@c50", {}).get("ratio")
+    pause = big["reload"]["summary"]["reload_worst_ms"]
+    complete = len(seconds) == len(loads)
+    return [
+        target(
+            "load (inline and from lists)",
+            "<= 3 s",
+            max(seconds) if complete else None,
+            lambda v: v <= 3.0,
+            " s (worst)",
+        ),
+        target(
+            "RSS with the table loaded",
+            "<= 150 MiB",
+            max(rss) if complete else None,
+            lambda v: v <= 150.0,
+            " MiB (worst)",
+        ),
+        target(
+            "one match", "<= 20 µs", max(p99) if p99 else None, lambda v: v <= 20.0, " µs (p99)"
+        ),
+        target("set-ups/s @50", ">= 0.90x one rule", rate, lambda v: v >= 0.9, "x"),
+        target(
+            "longest echo during a reload",
+            f"<= {RELOAD_PAUSE_MS:g} ms",
+            pause,
+            lambda v: v <= RELOAD_PAUSE_MS,
+            " ms (worst round)",
+        ),
+    ]

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import phase_table
-import table
 from common import LOOPBACK, nofile_limit
 from phases import Plan, chainer_name, memory, setups, throughput
-from procs import ROOT, Contender, Lab, Worker, ensure_pproxy
-from report import NO_PROXY, Row, Target, draw_chart, format_table, format_targets, row
+from procs import ROOT, Contender, Lab, ensure_pproxy
+from report import NO_PROXY, Row, Target, draw_chart, format_table, format_targets, row, target
 
 ZERO_FILE_SIZE = 64 * 2**20
 
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"]["started"] = started_at
     result["meta"]["duration_s"] = round(time.monotonic() - started, 1)
 
-    big = _table_targets(result["big_table"], result["setups"])
+    big = phase_table.targets(result["big_table"], result["setups"])
     result["table"] = [r.as_json() for r in rows]
     result["targets"] = [t.as_json() for t in [*targets, *big]]
     meta = result["meta"]
@@ -159,7 +158,7 @@ def _run(
 
     log(f"throughput: {plan.throughput_rounds} rounds of {plan.throughput_bytes >> 20} MiB")
     tp = throughput(plan, worker, contenders, bulk, str(zero_file), rng, log)
-    big, big_loads, big_serving = _big_table(plan, lab, worker, bulk, seed, log)
+    big, big_loads, big_serving = phase_table.start(plan, lab, worker, bulk, seed, log)
     log(f"set-ups: {plan.setup_rounds} rounds of {plan.setup_seconds:g}s per contender")
     su = setups(plan, worker, {**contenders, big.name: big}, echo, rng, log)
     log(f"reloads of {big.name}: {plan.reload_rounds} rounds of {plan.reload_seconds:g}s")
@@ -195,28 +194,7 @@ def _run(
         "idle_memory": mem,
         "big_table": big_table,
     }
-    return result, _rows(tp, su, mem) + _table_rows(big_table), _targets(tp, su, mem)
-
-
-def _big_table(
-    plan: Plan,
-    lab: Lab,
-    worker: Worker,
-    bulk: tuple[str, int],
-    seed: int,
-    log: Callable[[str], None],
-) -> tuple[Contender, dict[str, Any], dict[str, float]]:
-    """Load the big table in fresh processes, then start chainer serving it."""
-    texts = table.patterns(plan.table_patterns, seed)
-    log(f"big table: {len(texts):,} patterns, loaded inline and from lists")
-    loads = phase_table.loads(lab, texts, seed, log)
-    name = phase_table.table_name(len(texts))
-    log(f"starting {name} (the table from lists; set-ups compared with chainer-0hop)")
-    c = lab.start_chainer_with(name, phase_table.writer(texts), chainer_name(0))
-    check = worker.call(30, op="check", port=c.port, target=c.target(bulk), size=1024)
-    if "error" in check:
-        raise RuntimeError(f"{name} failed its 1 KiB echo: {check['error']}")
-    return c, loads, phase_table.serving(c)
+    return result, _rows(tp, su, mem) + phase_table.rows(big_table), _targets(tp, su, mem)
 
 
 _ORDER = ("chainer-0hop", "chainer-1hop", "chainer-3hop", "socat", "pproxy", NO_PROXY)
@@ -287,83 +265,6 @@ def _rows(tp: dict[str, Any], su: dict[str, Any], mem: dict[str, Any]) -> list[R
     return rows
 
 
-def _table_rows(big: dict[str, Any]) -> list[Row]:
-    name = big["name"]
-
-    def one(metric: str, value: float | None, note: str = "") -> Row:
-        return Row(name, metric, value, None, None, None, None, note)
-
-    rows = []
-    for form in ("lists", "inline"):
-        m = big["load"].get(form, {})
-        note = m.get("error", f"{m.get('patterns', 0):,} patterns")
-        rows.append(one(f"table load s ({form})", m.get("total_s"), note))
-        rows.append(one(f"table load peak RSS MiB ({form})", m.get("peak_rss_mib")))
-    m = big["load"].get("lists", {})
-    for kind in ("hit", "miss"):
-        spread = m.get(f"match_{kind}_us", {})
-        rows.append(one(f"match µs p50 ({kind})", spread.get("median")))
-        rows.append(one(f"match µs p99 ({kind})", spread.get("p99")))
-    rows.append(one("plain scan µs (miss)", m.get("scan_miss_us"), "what the index replaces"))
-    rows.append(one("RSS MiB serving", big["serving_at_start"]["rss_mib"], "once listening"))
-    rows.append(
-        one("peak RSS MiB serving", big["serving_at_end"]["peak_rss_mib"], "reloads included")
-    )
-    r = big["reload"]["summary"]
-    rows.append(one("longest echo ms, no reload", r["quiet_max_ms"], "1 byte every 2 ms"))
-    rows.append(one("longest echo ms, during a reload", r["reload_max_ms"]))
-    rows.append(one("echo p99 ms, during a reload", r["reload_p99_ms"]))
-    seen = f"seen in {r['applied_in']:.0f} of {r['rounds']:.0f} rounds"
-    rows.append(one("reload in effect after s", r["applied_s"], seen))
-    return rows
-
-
-def _table_targets(big: dict[str, Any], su: dict[str, Any]) -> list[Target]:
-    loads = [big["load"].get(f, {}) for f in ("lists", "inline")]
-    seconds = [m["total_s"] for m in loads if "total_s" in m]
-    rss = [m["peak_rss_mib"] for m in loads if "peak_rss_mib" in m]
-    rss.append(big["serving_at_start"]["rss_mib"])
-    p99 = [
-        m[f"match_{kind}_us"]["p99"] for m in loads if "total_s" in m for kind in ("hit", "miss")
-    ]
-    rate = su["summary"]["per_s"].get(f"{big['name']}@c50", {}).get("ratio")
-    pause = big["reload"]["summary"]["reload_worst_ms"]
-    complete = len(seconds) == len(loads)
-    return [
-        _target(
-            "load (inline and from lists)",
-            "<= 3 s",
-            max(seconds) if complete else None,
-            lambda v: v <= 3.0,
-            " s (worst)",
-        ),
-        _target(
-            "RSS with the table loaded",
-            "<= 150 MiB",
-            max(rss) if complete else None,
-            lambda v: v <= 150.0,
-            " MiB (worst)",
-        ),
-        _target(
-            "one match", "<= 20 µs", max(p99) if p99 else None, lambda v: v <= 20.0, " µs (p99)"
-        ),
-        _target("set-ups/s @50", ">= 0.90x one rule", rate, lambda v: v >= 0.9, "x"),
-        _target(
-            "longest echo during a reload",
-            f"<= {RELOAD_PAUSE_MS:g} ms",
-            pause,
-            lambda v: v <= RELOAD_PAUSE_MS,
-            " ms (worst round)",
-        ),
-    ]
-
-
-# A reload of the big table takes about a second; a live tunnel it paused would wait
-# that long. What remains is the interpreter switching threads (5 ms slices) while the
-# worker parses: an echo may wait a few slices, never the reload.
-RELOAD_PAUSE_MS = 50.0
-
-
 def _memory_note(step: str, st: dict[str, Any]) -> str:
     if st["held"] < int(step):
         return f"only {st['held']} opened"
@@ -380,16 +281,16 @@ def _targets(tp: dict[str, Any], su: dict[str, Any], mem: dict[str, Any]) -> lis
     kib = [k for k in kib if k is not None]
     held = mem["summary"].get(direct, {}).get("linear_up_to")
     return [
-        _target("1-stream throughput, direct", ">= 1.00x socat", tput, lambda v: v >= 1.0, "x"),
-        _target("set-ups/s @50", ">= 1.00x pproxy", rate, lambda v: v >= 1.0, "x"),
-        _target(
+        target("1-stream throughput, direct", ">= 1.00x socat", tput, lambda v: v >= 1.0, "x"),
+        target("set-ups/s @50", ">= 1.00x pproxy", rate, lambda v: v >= 1.0, "x"),
+        target(
             "KiB per idle tunnel (1k, 5k)",
             "<= 10 KiB",
             max(kib) if kib else None,
             lambda v: v <= 10.0,
             " KiB (worst)",
         ),
-        _target("set-up cost per hop", "<= 0.30 ms", hop, lambda v: v <= 0.3, " ms"),
+        target("set-up cost per hop", "<= 0.30 ms", hop, lambda v: v <= 0.3, " ms"),
         Target(
             "10,000 tunnels, linear memory",
             "linear to 10000",
@@ -397,14 +298,6 @@ def _targets(tp: dict[str, Any], su: dict[str, Any], mem: dict[str, Any]) -> lis
             held == 10000 if "10000" in steps else None,
         ),
     ]
-
-
-def _target(
-    name: str, goal: str, value: float | None, ok: Callable[[float], bool], unit: str
-) -> Target:
-    if value is None:
-        return Target(name, goal, "-", None)
-    return Target(name, goal, f"{value:.2f}{unit}", ok(value))
 
 
 def _meta(

@@ -128,8 +128,10 @@ async def _setups(cmd: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
     recording = False
+    warm = 0
 
     async def client(until: float) -> None:
+        nonlocal warm
         while time.perf_counter() < until:
             started = time.perf_counter()
             try:
@@ -142,6 +144,8 @@ async def _setups(cmd: dict[str, Any]) -> dict[str, Any]:
                 continue
             if recording:
                 latencies.append(time.perf_counter() - started)
+            else:
+                warm += 1
 
     warmup_until = time.perf_counter() + float(cmd["warmup"])
     await asyncio.gather(*(client(warmup_until) for _ in range(concurrency)))
@@ -152,6 +156,7 @@ async def _setups(cmd: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     return {
         "count": len(latencies),
+        "warmup_count": warm,
         "errors": len(errors),
         "error_kinds": sorted(set(errors)),
         "seconds": elapsed,

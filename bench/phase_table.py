@@ -203,7 +203,14 @@ def rows(big: dict[str, Any]) -> list[Row]:
     )
     r = big["reload"]["summary"]
     rows.append(one("longest echo ms, no reload", r["quiet_max_ms"], "1 byte every 2 ms"))
-    rows.append(one("longest echo ms, during a reload", r["reload_max_ms"]))
+    worst = r["reload_worst_ms"]
+    rows.append(
+        one(
+            "longest echo ms, during a reload",
+            r["reload_max_ms"],
+            "" if worst is None else f"median of rounds; worst {worst:.1f}",
+        )
+    )
     rows.append(one("echo p99 ms, during a reload", r["reload_p99_ms"]))
     seen = f"seen in {r['applied_in']:.0f} of {r['rounds']:.0f} rounds"
     rows.append(one("reload in effect after s", r["applied_s"], seen))
@@ -219,7 +226,7 @@ def targets(big: dict[str, Any], su: dict[str, Any]) -> list[Target]:
         m[f"match_{kind}_us"]["p99"] for m in loads if "total_s" in m for kind in ("hit", "miss")
     ]
     rate = su["summary"]["per_s"].get(f"{big['name']}@c50", {}).get("ratio")
-    pause = big["reload"]["summary"]["reload_worst_ms"]
+    pause = big["reload"]["summary"]["reload_max_ms"]
     complete = len(seconds) == len(loads)
     return [
         target(
@@ -245,6 +252,6 @@ def targets(big: dict[str, Any], su: dict[str, Any]) -> list[Target]:
             f"<= {RELOAD_PAUSE_MS:g} ms",
             pause,
             lambda v: v <= RELOAD_PAUSE_MS,
-            " ms (worst round)",
+            " ms (median round)",
         ),
     ]

@@ -129,6 +129,7 @@ def setups(
         samples: dict[str, dict[str, Any]] = {}
         for label in order:
             c, concurrency = jobs[label]
+            cpu_before = sum(cpu_seconds(p.pid) for p in c.procs)
             samples[label] = worker.call(
                 60 + plan.setup_seconds + plan.setup_warmup,
                 op="setups",
@@ -138,6 +139,11 @@ def setups(
                 seconds=plan.setup_seconds,
                 warmup=plan.setup_warmup,
             )
+            sample = samples[label]
+            tunnels = sample.get("count", 0) + sample.get("warmup_count", 0)
+            if c.procs and tunnels and "error" not in sample:
+                cpu = sum(cpu_seconds(p.pid) for p in c.procs) - cpu_before
+                sample["cpu_us_per_setup"] = cpu / tunnels * 1e6  # every hop's process
             time.sleep(SETTLE)
         rounds.append({"order": order, "samples": samples})
         log(f"set-up round {n + 1}: " + _brief(samples, "per_s", "/s"))
@@ -152,6 +158,7 @@ def setups(
         "per_s": summarize(rounds, "per_s", reference),
         "p50_ms": summarize(rounds, "p50_ms", reference),
         "p99_ms": summarize(rounds, "p99_ms", reference),
+        "cpu_us_per_setup": summarize(rounds, "cpu_us_per_setup", reference),
     }
     return {"rounds": rounds, "summary": summary, "hop_cost": _hop_cost(rounds)}
 

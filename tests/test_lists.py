@@ -16,7 +16,7 @@ from test_ops import Chainer, EchoServer, tunnel
 
 from chainer.config import _lists, load_config
 from chainer.errors import ConfigErrors, Refused
-from chainer.models import Address, Config
+from chainer.models import Address, Config, PatternList
 from chainer.ops.explain import ListedAt, explain
 from chainer.ops.explain_render import render_json, render_text
 from chainer.routing.policy import Guard
@@ -487,3 +487,59 @@ def test_loading_pauses_the_collector_and_restores_it_as_it_was(here: Path, enab
     finally:
         gc.callbacks.remove(seen)
         gc.enable() if was else gc.disable()
+
+
+def test_a_reload_keeps_the_patterns_of_the_lists_that_did_not_change(here: Path) -> None:
+    routes = """\
+    lists: {a: lists/a.txt, b: lists/b.txt}
+    routes:
+      - {match: ["list:a", "list:b"], via: reject}
+      - {match: "*", via: direct}
+    """
+    first = load(here, routes, a="a.example\n", b="b.example\n")
+    (here / "lists" / "b.txt").write_text("b.example\nc.example\n")
+    second = load_config("routes.yaml")
+    a1, a2 = listed(first, "a"), listed(second, "a")
+    b1, b2 = listed(first, "b"), listed(second, "b")
+    assert a2.patterns is a1.patterns  # the same objects: nothing new to build or walk
+    assert [p.text for p in b2.patterns] == ["b.example", "c.example"]
+    assert b2.patterns[0] is not b1.patterns[0]
+    (here / "routes.yaml").write_text("routes: [{match: '*', via: direct}]\n")
+    load_config("routes.yaml")  # no lists: none is remembered
+    a3 = listed(load(here, routes, a="a.example\n", b="b.example\nc.example\n"), "a")
+    assert a3.patterns is not a1.patterns
+    assert a3.patterns == a1.patterns
+
+
+def listed(config: Config, name: str) -> PatternList:
+    found = config.pattern_list(name)
+    assert found is not None
+    return found
+
+
+@pytest.mark.anyio
+async def test_a_reload_hands_the_interpreter_back_often_while_it_builds(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop gives the interpreter up at every socket call; while a worker
+    builds a table, it must get it back within a short slice, and the process's usual
+    slice returns afterwards."""
+    import sys
+
+    from chainer.router import Router
+    from chainer.server import Server, run
+
+    write(here, SPLIT, corp=CORP)
+    server = Server(Router(load_config("routes.yaml")))
+    usual = sys.getswitchinterval()
+    during: list[float] = []
+
+    def recording(path: str) -> Config:
+        during.append(sys.getswitchinterval())
+        return load_config(path)
+
+    monkeypatch.setattr(run, "load_config", recording)
+    assert await run.reload(server, "routes.yaml")
+    assert during == [run.RELOAD_SLICE]
+    assert run.RELOAD_SLICE < usual
+    assert sys.getswitchinterval() == usual

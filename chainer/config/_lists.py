@@ -8,12 +8,18 @@ Each line is parsed as a `match` pattern and remembers its list and line, so a b
 is reported as `lists/corp.txt:123: lists.corp: ...` and `explain` can say which line
 matched. The files obey the rules of routes.yaml itself: regular files only, bounded in
 size (one list, and all of them together).
+
+A reload reads every list again, but a list whose text is the same as at the last load
+keeps the patterns parsed then: the new table shares them with the running one, so a
+reload that changes one list of four builds (and the collector walks, and the swap
+frees) a quarter of the objects. Only the lists of the latest load are remembered.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 
 from yaml.nodes import Node
 
@@ -31,16 +37,23 @@ MAX_ERRORS_SHOWN = 20  # per list: a wrong file (a hosts file, a binary) is said
 _COMMENT = re.compile(r"\s#")
 _BOM = "\ufeff"
 
+# (file, list name) -> (its text, its patterns), from the latest load that read lists.
+_Parsed = dict[tuple[str, str], tuple[str, tuple[Pattern, ...]]]
+_parsed_lock = threading.Lock()
+_parsed: _Parsed = {}
+
 
 class _Lists(_Reader):
     lists: dict[str, PatternList]
     broken_lists: set[str]  # defined, but with errors: a reference to one adds no error
 
-    def read_lists(self, node: Node) -> None:
-        if _is_null(node):
-            return
-        entries = self.mapping(node, "lists") or {}
+    def read_lists(self, node: Node | None) -> None:
+        """The `lists:` section (None when the file has none: nothing to remember)."""
+        entries = {} if node is None or _is_null(node) else self.mapping(node, "lists") or {}
         total = 0
+        with _parsed_lock:
+            before = dict(_parsed)
+        parsed: _Parsed = {}
         for name, (key_node, value_node) in entries.items():
             path = f"lists.{name}"
             self.broken_lists.add(name)  # until it is read whole
@@ -61,10 +74,18 @@ class _Lists(_Reader):
                 self.error(value_node, path, f"the lists together are larger than {limit} MiB")
                 continue
             shown = self.shown_path(written, full)
-            patterns = self.list_patterns(text, name, shown)
+            known = before.get((full, name))
+            if known is not None and known[0] == text:
+                patterns: tuple[Pattern, ...] | None = known[1]
+            else:
+                patterns = self.list_patterns(text, name, shown)
             if patterns is not None:
                 self.lists[name] = PatternList(name, shown, patterns)
                 self.broken_lists.discard(name)
+                parsed[(full, name)] = (text, patterns)
+        with _parsed_lock:
+            _parsed.clear()
+            _parsed.update(parsed)
 
     def list_patterns(self, text: str, name: str, shown: str) -> tuple[Pattern, ...] | None:
         """Every pattern of a list file, or None (with its errors recorded)."""

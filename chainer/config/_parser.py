@@ -58,8 +58,7 @@ class _Parser(_Listeners, _Proxies, _Routes, _Policy):
             self.read_proxies(section["proxies"])
         if "chains" in section:
             self.read_chains(section["chains"])
-        if "lists" in section:
-            self.read_lists(section["lists"])
+        self.read_lists(section.get("lists"))
         routes = self.read_routes(section.get("routes"))
         listeners = self.read_listeners(section.get("listen"))
         limits = self.read_limits(section["limits"]) if "limits" in section else Limits()

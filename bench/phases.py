@@ -125,7 +125,7 @@ def setups(
             jobs[f"{name}@c50"] = (c, 50)
     rounds: Rounds = []
     for n in range(plan.setup_rounds):
-        order = _shuffled(rng, list(jobs))
+        order = _beside_references(_shuffled(rng, list(jobs)), contenders, rng)
         samples: dict[str, dict[str, Any]] = {}
         for label in order:
             c, concurrency = jobs[label]
@@ -161,6 +161,25 @@ def setups(
         "cpu_us_per_setup": summarize(rounds, "cpu_us_per_setup", reference),
     }
     return {"rounds": rounds, "summary": summary, "hop_cost": _hop_cost(rounds)}
+
+
+def _beside_references(
+    order: list[str], contenders: dict[str, Contender], rng: random.Random
+) -> list[str]:
+    """A contender compared with another chainer (`reference`) runs right before or
+    after it in the round, on a random side: the two samples of a ratio are taken
+    seconds apart, not a whole round apart, so a machine busy with other work at one
+    moment weighs on both."""
+    for label in list(order):
+        name, conc = label.split("@")
+        c = contenders.get(name)
+        ref = f"{c.reference}@{conc}" if c is not None and c.reference else None
+        if ref is None or ref not in order:
+            continue
+        order.remove(label)
+        at = order.index(ref) + rng.randrange(2)
+        order.insert(at, label)
+    return order
 
 
 def _hop_cost(rounds: Rounds) -> dict[str, Any]:

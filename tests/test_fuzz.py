@@ -388,7 +388,7 @@ def test_forward_request(
     assert len(request_line) == 3, head
     assert request_line[0] == method
     assert request_line[1].startswith(b"/")
-    assert request_line[2] == b"HTTP/1.1"
+    assert request_line[2] == b"HTTP/" + version  # the client's version goes on (855dfce)
     named = {
         t.strip(b" \t").lower()
         for name, value in headers

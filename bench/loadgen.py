@@ -13,6 +13,12 @@ Every command is bounded in time. Commands (`port` is the proxy's; `target` the
               open n more idle tunnels (1 byte echoed) and hold them; none is
               started after `deadline` seconds
   close_all   {}                              close every held tunnel
+  pingpong    {port, target, seconds, interval, hup_pid, hup_at, probe, expect}
+              one open tunnel carries 1 byte there and back every `interval` seconds
+              for `seconds`, each round trip timed; with `hup_pid`, that process gets
+              SIGHUP at `hup_at`, then `probe` ([host, port]) is CONNECTed every 50 ms
+              until the proxy answers status `expect` — the reload has taken effect —
+              and the pings go on 0.5 s past that (at most 20 s past `seconds`)
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import statistics
 import sys
@@ -121,8 +128,10 @@ async def _setups(cmd: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
     recording = False
+    warm = 0
 
     async def client(until: float) -> None:
+        nonlocal warm
         while time.perf_counter() < until:
             started = time.perf_counter()
             try:
@@ -135,6 +144,8 @@ async def _setups(cmd: dict[str, Any]) -> dict[str, Any]:
                 continue
             if recording:
                 latencies.append(time.perf_counter() - started)
+            else:
+                warm += 1
 
     warmup_until = time.perf_counter() + float(cmd["warmup"])
     await asyncio.gather(*(client(warmup_until) for _ in range(concurrency)))
@@ -145,6 +156,7 @@ async def _setups(cmd: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     return {
         "count": len(latencies),
+        "warmup_count": warm,
         "errors": len(errors),
         "error_kinds": sorted(set(errors)),
         "seconds": elapsed,
@@ -192,6 +204,80 @@ async def _open(cmd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _status(port: int, target: tuple[str, int]) -> int:
+    """The status a CONNECT to `target` is answered with (the tunnel is then closed)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (LOOPBACK, port))
+        await loop.sock_sendall(sock, connect_request(*target))
+        head = b""
+        while b"\r\n" not in head:
+            data = await loop.sock_recv(sock, 4096)
+            if not data:
+                break
+            head += data
+        return connect_status(head)
+
+
+async def _pingpong(cmd: dict[str, Any]) -> dict[str, Any]:
+    port, target = int(cmd["port"]), _target(cmd)
+    seconds, interval = float(cmd["seconds"]), float(cmd["interval"])
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(TUNNEL_TIMEOUT):
+        sock = await _tunnel(port, target)
+    started = time.perf_counter()
+    applied: float | None = None
+
+    async def reload_and_probe() -> None:
+        nonlocal applied
+        await asyncio.sleep(float(cmd["hup_at"]))
+        os.kill(int(cmd["hup_pid"]), signal.SIGHUP)
+        sent = time.perf_counter()
+        probe = (str(cmd["probe"][0]), int(cmd["probe"][1]))
+        while time.perf_counter() - started < seconds + 20:
+            try:
+                async with asyncio.timeout(TUNNEL_TIMEOUT):
+                    status = await _status(port, probe)
+            except (OSError, TimeoutError):
+                status = 0
+            if status == int(cmd["expect"]):
+                applied = time.perf_counter() - sent
+                return
+            await asyncio.sleep(0.05)
+
+    prober = asyncio.create_task(reload_and_probe()) if cmd.get("hup_pid") else None
+    hup_at = float(cmd.get("hup_at", 0))
+
+    def done(now: float) -> bool:
+        if now > seconds + 20 or (now > seconds and prober is None):
+            return True
+        if prober is None or not prober.done() or now < seconds:
+            return False
+        return applied is None or now > hup_at + applied + 0.5
+
+    rtts: list[float] = []
+    try:
+        while not done(time.perf_counter() - started):
+            t0 = time.perf_counter()
+            async with asyncio.timeout(TUNNEL_TIMEOUT):
+                await loop.sock_sendall(sock, b"x")
+                if await loop.sock_recv(sock, 1) != b"x":
+                    raise ConnectionError("echo lost")
+            rtts.append(time.perf_counter() - t0)
+            await asyncio.sleep(interval)
+    finally:
+        sock.close()
+        if prober is not None:
+            prober.cancel()
+    return {
+        "count": len(rtts),
+        "seconds": time.perf_counter() - started,
+        "reload_applied_s": applied,
+        **_latency_summary(rtts),
+    }
+
+
 def close_all(cmd: dict[str, Any]) -> dict[str, Any]:
     for sock in _held:
         sock.close()
@@ -212,6 +298,8 @@ def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         return asyncio.run(_open(cmd))
     if op == "close_all":
         return close_all(cmd)
+    if op == "pingpong":
+        return asyncio.run(_pingpong(cmd))
     raise ValueError(f"unknown op {op!r}")
 
 

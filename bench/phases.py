@@ -33,17 +33,34 @@ class Plan:
     memory_steps: tuple[int, ...]
     hops: tuple[int, ...]
     with_pproxy: bool
+    table_patterns: int = 100_000  # the big route table (issue 16)
+    reload_rounds: int = 3
+    reload_seconds: float = 3.0
     with_ssh: bool = False  # chainer-ssh and pproxy-ssh through one real sshd
 
     @staticmethod
     def for_mode(mode: str) -> Plan:
         if mode == "smoke":
-            return Plan(mode, 1, 8 * 2**20, 1, 0.3, 0.1, 1, (50, 100), (0,), False)
+            return Plan(mode, 1, 8 * 2**20, 1, 0.3, 0.1, 1, (50, 100), (0,), False, 5000, 1, 1.0)
         if mode == "quick":
+            steps = (1000, 2000, 5000)
             return Plan(
-                mode, 3, 256 * 2**20, 3, 1.0, 0.2, 1, (1000, 2000, 5000), (0, 1, 3), True, True
+                mode,
+                3,
+                256 * 2**20,
+                3,
+                1.0,
+                0.2,
+                1,
+                steps,
+                (0, 1, 3),
+                True,
+                100_000,
+                1,
+                with_ssh=True,
             )
-        return Plan(mode, 5, GIB, 5, 2.0, 0.3, 3, (1000, 2000, 5000, 10000), (0, 1, 3), True, True)
+        full = (1000, 2000, 5000, 10000)
+        return Plan(mode, 5, GIB, 5, 2.0, 0.3, 3, full, (0, 1, 3), True, with_ssh=True)
 
 
 # Whom a contender's set-up figures are compared with (default: pproxy, same concurrency).
@@ -124,14 +141,15 @@ def setups(
         if not c.speaks_connect:
             continue
         jobs[f"{name}@c1"] = (c, 1)
-        if name in (chainer_name(0), "pproxy"):
+        if name in (chainer_name(0), "pproxy") or c.reference is not None:
             jobs[f"{name}@c50"] = (c, 50)
     rounds: Rounds = []
     for n in range(plan.setup_rounds):
-        order = _shuffled(rng, list(jobs))
+        order = _beside_references(_shuffled(rng, list(jobs)), contenders, rng)
         samples: dict[str, dict[str, Any]] = {}
         for label in order:
             c, concurrency = jobs[label]
+            cpu_before = sum(cpu_seconds(p.pid) for p in c.procs)
             samples[label] = worker.call(
                 60 + plan.setup_seconds + plan.setup_warmup,
                 op="setups",
@@ -141,21 +159,50 @@ def setups(
                 seconds=plan.setup_seconds,
                 warmup=plan.setup_warmup,
             )
+            sample = samples[label]
+            tunnels = sample.get("count", 0) + sample.get("warmup_count", 0)
+            if c.procs and tunnels and "error" not in sample:
+                cpu = sum(cpu_seconds(p.pid) for p in c.procs) - cpu_before
+                sample["cpu_us_per_setup"] = cpu / tunnels * 1e6  # every hop's process
             time.sleep(SETTLE)
         rounds.append({"order": order, "samples": samples})
         log(f"set-up round {n + 1}: " + _brief(samples, "per_s", "/s"))
 
     def reference(label: str) -> str | None:
         name, _, conc = label.partition("@")
-        ref = f"{REFERENCE.get(name, 'pproxy')}@{conc}"
+        c = contenders.get(name)
+        if c is not None and c.reference:
+            ref = f"{c.reference}@{conc}"  # another chainer, run beside it
+        else:
+            ref = f"{REFERENCE.get(name, 'pproxy')}@{conc}"
         return ref if ref in jobs else None
 
     summary = {
         "per_s": summarize(rounds, "per_s", reference),
         "p50_ms": summarize(rounds, "p50_ms", reference),
         "p99_ms": summarize(rounds, "p99_ms", reference),
+        "cpu_us_per_setup": summarize(rounds, "cpu_us_per_setup", reference),
     }
     return {"rounds": rounds, "summary": summary, "hop_cost": _hop_cost(rounds)}
+
+
+def _beside_references(
+    order: list[str], contenders: dict[str, Contender], rng: random.Random
+) -> list[str]:
+    """A contender compared with another chainer (`reference`) runs right before or
+    after it in the round, on a random side: the two samples of a ratio are taken
+    seconds apart, not a whole round apart, so a machine busy with other work at one
+    moment weighs on both."""
+    for label in list(order):
+        name, conc = label.split("@")
+        c = contenders.get(name)
+        ref = f"{c.reference}@{conc}" if c is not None and c.reference else None
+        if ref is None or ref not in order:
+            continue
+        order.remove(label)
+        at = order.index(ref) + rng.randrange(2)
+        order.insert(at, label)
+    return order
 
 
 def _hop_cost(rounds: Rounds) -> dict[str, Any]:

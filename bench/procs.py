@@ -70,6 +70,7 @@ class Contender:
     port: int
     speaks_connect: bool  # False for a port forwarder (socat): clients connect straight
     procs: list[Proc]
+    reference: str | None = None  # whose set-ups its own are compared with (else pproxy)
 
     def target(self, host_port: tuple[str, int]) -> tuple[str, int] | None:
         return host_port if self.speaks_connect else None
@@ -199,9 +200,22 @@ class Lab:
             wait_listening(p, proc)
         return Contender(name, port, True, procs)
 
+    def start_chainer_with(
+        self, name: str, write: Callable[[Path, int], Path], reference: str
+    ) -> Contender:
+        """chainer serving the route table `write(path, port)` writes (the big table)."""
+        port = free_port()
+        config = write(self.workdir / f"{name}.yaml", port)
+        proc = self._serve(name, config)
+        wait_listening(port, proc, START_TIMEOUT + 30)  # loading a big table takes a while
+        return Contender(name, port, True, [proc], reference)
+
     def _chainer(self, name: str, port: int, via_ports: list[int]) -> Proc:
         config = self.workdir / f"{name}.yaml"
         config.write_text(chainer_config(port, via_ports))
+        return self._serve(name, config)
+
+    def _serve(self, name: str, config: Path) -> Proc:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         argv = [sys.executable, "-m", "chainer", "serve", "-c", str(config)]
         return self.spawn(name, [*argv, "--log-level", "warning"], env=env)
@@ -284,11 +298,12 @@ def _readline(stream: IO[bytes], timeout: float) -> bytes:
 # -------------------------------------------------------------------- /proc readers
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS) or at its peak (VmHWM), KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field} for {pid}")
 
 
 _TICK = os.sysconf("SC_CLK_TCK")

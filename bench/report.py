@@ -148,6 +148,14 @@ class Target:
         return {"target": self.name, "goal": self.goal, "value": self.value, "met": self.met}
 
 
+def target(
+    name: str, goal: str, value: float | None, ok: Callable[[float], bool], unit: str
+) -> Target:
+    if value is None:
+        return Target(name, goal, "-", None)
+    return Target(name, goal, f"{value:.2f}{unit}", ok(value))
+
+
 def format_targets(targets: list[Target]) -> str:
     verdict = {True: "met", False: "MISSED", None: "not measured"}
     cells = [(t.name, t.goal, t.value, verdict[t.met]) for t in targets]

@@ -26,11 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import phase_table
 import sshhop
 from common import LOOPBACK, nofile_limit
 from phases import Plan, chainer_name, memory, setups, throughput
 from procs import ROOT, Contender, Lab, ensure_pproxy
-from report import NO_PROXY, Row, Target, draw_chart, format_table, format_targets, row
+from report import NO_PROXY, Row, Target, draw_chart, format_table, format_targets, row, target
 
 ZERO_FILE_SIZE = 64 * 2**20
 
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"]["started"] = started_at
     result["meta"]["duration_s"] = round(time.monotonic() - started, 1)
 
+    big = phase_table.targets(result["big_table"], result["setups"])
     result["table"] = [r.as_json() for r in rows]
-    result["targets"] = [t.as_json() for t in targets]
+    result["targets"] = [t.as_json() for t in [*targets, *big]]
     meta = result["meta"]
     tree = " + local changes" if meta["chainer_modified"] else ""
     print(
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(format_table(rows))
     print("\nTargets (issue 7):\n" + format_targets(targets))
+    print("\nTargets (issue 16, a table of " + f"{plan.table_patterns:,} patterns):")
+    print(format_targets(big))
     for note in notes:
         print(f"note: {note}")
     if args.json:
@@ -158,9 +162,22 @@ def _run(
 
     log(f"throughput: {plan.throughput_rounds} rounds of {plan.throughput_bytes >> 20} MiB")
     tp = throughput(plan, worker, contenders, bulk, str(zero_file), rng, log)
+    big, big_loads, big_serving = phase_table.start(plan, lab, worker, bulk, seed, log)
     log(f"set-ups: {plan.setup_rounds} rounds of {plan.setup_seconds:g}s per contender")
-    su = setups(plan, worker, contenders, echo, rng, log)
-    for c in contenders.values():  # memory runs on fresh instances, started one at a time
+    su = setups(plan, worker, {**contenders, big.name: big}, echo, rng, log)
+    log(f"reloads of {big.name}: {plan.reload_rounds} rounds of {plan.reload_seconds:g}s")
+    reloads = phase_table.reloads(
+        plan.reload_rounds, plan.reload_seconds, lab, worker, big, echo, log
+    )
+    big_table = {
+        "name": big.name,
+        "patterns": plan.table_patterns,
+        "load": big_loads,
+        "serving_at_start": big_serving,
+        "serving_at_end": phase_table.serving(big),
+        "reload": reloads,
+    }
+    for c in [*contenders.values(), big]:  # memory runs on fresh instances, one at a time
         for proc in c.procs:
             lab.stop(proc)
     memory_starters = {
@@ -179,8 +196,9 @@ def _run(
         "setups": su,
         "hop_cost": su["hop_cost"],
         "idle_memory": mem,
+        "big_table": big_table,
     }
-    return result, _rows(tp, su, mem), _targets(tp, su, mem)
+    return result, _rows(tp, su, mem) + phase_table.rows(big_table), _targets(tp, su, mem)
 
 
 def _ssh_starters(
@@ -241,10 +259,16 @@ def _rows(tp: dict[str, Any], su: dict[str, Any], mem: dict[str, Any]) -> list[R
         cpu = s.get("cpu_s_per_gib")
         if cpu is not None:
             rows.append(Row(name, "CPU s/GiB (proxy)", cpu, None, None, None, None))
-    for metric, title in (("per_s", "set-ups/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")):
+    for metric, title in (
+        ("per_s", "set-ups/s"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("cpu_us_per_setup", "CPU µs/set-up"),
+    ):
         for label, s in _by_contender(su["summary"][metric]):
             name, conc = label.split("@c")
-            rows.append(row(name, f"{title} @{conc}", s))
+            if s["median"] is not None:  # CPU: not for the load generator alone
+                rows.append(row(name, f"{title} @{conc}", s))
     for key, cost in su["hop_cost"].items():
         rows.append(
             Row(
@@ -305,16 +329,16 @@ def _targets(tp: dict[str, Any], su: dict[str, Any], mem: dict[str, Any]) -> lis
     kib = [k for k in kib if k is not None]
     held = mem["summary"].get(direct, {}).get("linear_up_to")
     return [
-        _target("1-stream throughput, direct", ">= 1.00x socat", tput, lambda v: v >= 1.0, "x"),
-        _target("set-ups/s @50", ">= 1.00x pproxy", rate, lambda v: v >= 1.0, "x"),
-        _target(
+        target("1-stream throughput, direct", ">= 1.00x socat", tput, lambda v: v >= 1.0, "x"),
+        target("set-ups/s @50", ">= 1.00x pproxy", rate, lambda v: v >= 1.0, "x"),
+        target(
             "KiB per idle tunnel (1k, 5k)",
             "<= 10 KiB",
             max(kib) if kib else None,
             lambda v: v <= 10.0,
             " KiB (worst)",
         ),
-        _target("set-up cost per hop", "<= 0.30 ms", hop, lambda v: v <= 0.3, " ms"),
+        target("set-up cost per hop", "<= 0.30 ms", hop, lambda v: v <= 0.3, " ms"),
         Target(
             "10,000 tunnels, linear memory",
             "linear to 10000",
@@ -322,14 +346,6 @@ def _targets(tp: dict[str, Any], su: dict[str, Any], mem: dict[str, Any]) -> lis
             held == 10000 if "10000" in steps else None,
         ),
     ]
-
-
-def _target(
-    name: str, goal: str, value: float | None, ok: Callable[[float], bool], unit: str
-) -> Target:
-    if value is None:
-        return Target(name, goal, "-", None)
-    return Target(name, goal, f"{value:.2f}{unit}", ok(value))
 
 
 def _meta(

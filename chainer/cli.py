@@ -207,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{plural(len(config.proxies), 'proxy', 'proxies')}, "
             f"{plural(len(config.chains), 'chain')}"
         )
+        if config.lists:
+            listed = sum(len(pl.patterns) for pl in config.lists)
+            counts += f", {plural(len(config.lists), 'list')} of {plural(listed, 'pattern')}"
         print(f"{args.config}: ok ({counts})")
         sys.exit(EXIT_OK)
     if args.command == "explain":

@@ -160,12 +160,25 @@ REJECT = Via("reject", "reject")
 @dataclass(frozen=True, slots=True)
 class Pattern:
     """One `match` pattern, parsed. kind is one of: any, exact, subdomain (`*.x`),
-    domain (`.x`: apex and subdomains), cidr, regex. `ports` is an inclusive range or None."""
+    domain (`.x`: apex and subdomains), cidr, regex. `ports` is an inclusive range or None.
+    A pattern read from a `lists:` file names its list and its line there."""
 
     text: str
     kind: Literal["any", "exact", "subdomain", "domain", "cidr", "regex"]
     value: str = ""
     ports: tuple[int, int] | None = None
+    list_name: str = ""  # the `lists:` entry it came from; "" when written in routes.yaml
+    line: int = 0  # its line in that list's file
+
+
+@dataclass(frozen=True, slots=True)
+class PatternList:
+    """A `lists:` entry: the patterns of one file, one a line, in file order. `match:
+    "list:NAME"` stands for all of them (Route.patterns holds them, expanded in place)."""
+
+    name: str
+    file: str  # as shown in messages: relative to where routes.yaml was named from
+    patterns: tuple[Pattern, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +363,13 @@ class Config:
     http: HttpOptions = HttpOptions()
     mark: int | None = None  # SO_MARK for upstream sockets (defaults.mark); None: unmarked
     dns: Dns | None = None  # chainer's DNS server, when `dns:` is configured
+    lists: tuple[PatternList, ...] = ()
+
+    def pattern_list(self, name: str) -> PatternList | None:
+        for pl in self.lists:
+            if pl.name == name:
+                return pl
+        return None
 
     def proxy(self, name: str) -> Proxy | None:
         for p in self.proxies:

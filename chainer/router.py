@@ -29,7 +29,7 @@ class Router:
         self, config: Config, health: Health | None = None, sessions: SshSessions | None = None
     ) -> None:
         self.config = config
-        self.table = RouteTable(config.routes)
+        self.table = RouteTable.of(config.routes)  # built by a reload's worker thread
         self.dialer = Dialer(
             config.defaults,
             health,

@@ -31,9 +31,8 @@ def test_bench_smoke_runs_and_writes_json(tmp_path: Path) -> None:
     assert "Targets (issue 7)" in done.stdout
 
     result = json.loads(out.read_text())
-    assert {"meta", "throughput", "setups", "hop_cost", "idle_memory", "table", "targets"} <= set(
-        result
-    )
+    sections = {"meta", "throughput", "setups", "hop_cost", "idle_memory", "table", "targets"}
+    assert sections | {"big_table"} <= set(result)
     assert result["meta"]["mode"] == "smoke"
 
     expected = {"chainer-0hop", "no-proxy"} | ({"socat"} if shutil.which("socat") else set())
@@ -55,3 +54,16 @@ def test_bench_smoke_runs_and_writes_json(tmp_path: Path) -> None:
 
     assert {row["metric"] for row in result["table"]} >= {"1-stream MiB/s", "set-ups/s @50"}
     assert {t["target"] for t in result["targets"]} >= {"set-up cost per hop"}
+
+    # issue 16: the big table (5,000 patterns in smoke mode) loaded, matched and reloaded
+    big = result["big_table"]
+    assert big["name"] == "chainer-5k"
+    for form in ("lists", "inline"):
+        assert big["load"][form]["patterns"] == 5001, big["load"][form]
+        assert big["load"][form]["total_s"] > 0
+    assert per_s["chainer-5k@c50"]["reference"] == "chainer-0hop@c50"
+    assert per_s["chainer-5k@c50"]["ratio"] is not None
+    reload = big["reload"]["rounds"][0]["reload"]
+    assert reload["count"] > 0, reload
+    assert reload["reload_applied_s"] is not None, reload  # the new table took effect
+    assert "Targets (issue 16" in done.stdout

@@ -20,14 +20,21 @@ password values are never quoted at all.
 from __future__ import annotations
 
 import os
-import stat
 
-from ..errors import ConfigError, ConfigErrors
+from ..errors import ConfigErrors
 from ..models import Config
 from ..text import parse_duration
+from ._files import collector_paused, read_text_file
 from ._parser import _Parser
 
-__all__ = ["MAX_FILE_BYTES", "load_config", "parse_config", "parse_duration", "read_text_file"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "collector_paused",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "read_text_file",
+]
 
 
 MAX_FILE_BYTES = 4 << 20  # a route table of 100,000 patterns is about 3 MiB
@@ -36,35 +43,8 @@ MAX_FILE_BYTES = 4 << 20  # a route table of 100,000 patterns is about 3 MiB
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a routes.yaml. Raises ConfigErrors holding every problem found."""
     file = os.fspath(path)
-    return parse_config(read_text_file(file, MAX_FILE_BYTES), file)
-
-
-def read_text_file(file: str, limit: int) -> str:
-    """A regular file's UTF-8 text, at most `limit` bytes. A FIFO, a device or a directory
-    is refused without being read (opened non-blocking: a FIFO with no writer would
-    otherwise hang here), and so is a file over the limit (`/dev/zero` never ends)."""
-
-    def fail(reason: str) -> ConfigErrors:
-        return ConfigErrors([ConfigError(file, 0, "", f"cannot read: {reason}")])
-
-    try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise fail(e.strerror or type(e).__name__) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise fail("not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        try:
-            data = f.read(limit + 1)
-        except OSError as e:
-            raise fail(e.strerror or type(e).__name__) from None
-    if len(data) > limit:
-        raise fail(f"larger than {limit >> 20} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise fail("not UTF-8 text") from None
+    with collector_paused():
+        return parse_config(read_text_file(file, MAX_FILE_BYTES), file)
 
 
 def parse_config(text: str, file: str, base_dir: str | None = None) -> Config:

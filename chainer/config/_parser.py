@@ -1,6 +1,6 @@
 """`_Parser`, the whole file: the top-level keys, read in dependency order (defaults,
-proxies, chains, routes, then listeners, limits, policy, http, admin, dns) whatever their order
-in the file, combined into one Config when no section recorded an error.
+proxies, chains, lists, routes, then listeners, limits, policy, http, admin, dns) whatever
+their order in the file, combined into one Config when no section recorded an error.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from ..models import (
     Dns,
     HttpOptions,
     Limits,
+    PatternList,
     Policy,
     Proxy,
     Sniff,
@@ -35,6 +36,7 @@ _TOP_KEYS = (
     "http",
     "proxies",
     "chains",
+    "lists",
     "routes",
     "dns",
 )
@@ -52,6 +54,8 @@ class _Parser(_Dns, _Listeners, _Proxies, _Routes, _Policy):
         self.default_sniff: Sniff | None = Sniff()  # defaults.sniff (_transparent.py)
         self.mark: int | None = None  # defaults.mark, when given
         self.mark_given = False
+        self.lists: dict[str, PatternList] = {}
+        self.broken_lists: set[str] = set()
 
     def parse(self, text: str) -> Config | None:
         root = self.compose(text)
@@ -71,6 +75,7 @@ class _Parser(_Dns, _Listeners, _Proxies, _Routes, _Policy):
             self.read_proxies(section["proxies"])
         if "chains" in section:
             self.read_chains(section["chains"])
+        self.read_lists(section.get("lists"))
         routes = self.read_routes(section.get("routes"))
         listeners = self.read_listeners(section.get("listen"))
         limits = self.read_limits(section["limits"]) if "limits" in section else Limits()
@@ -114,4 +119,5 @@ class _Parser(_Dns, _Listeners, _Proxies, _Routes, _Policy):
             http=http,
             mark=self.mark,
             dns=dns,
+            lists=tuple(self.lists.values()),
         )

@@ -1,6 +1,7 @@
 """The `routes:` section: each route's match patterns (also used for `deny:`), its `via`
 (direct, reject, a chain or proxy name, or an inline list of hops), its fallbacks and
-whether it is anonymous.
+whether it is anonymous. `list:NAME` among the patterns stands for every pattern of that
+list (`_lists.py`), expanded in place: Route.patterns holds what a scan would test.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 from ..models import DIRECT, REJECT, HopGroup, Pattern, Route, Via
 from ..routing.table import compile_pattern
 from ._chains import _Chains
-from ._yaml import _did_you_mean, _is_null, _q, _what
+from ._lists import _Lists
+from ._yaml import _SCALAR_TAGS, _did_you_mean, _is_null, _q, _what
 
 _ROUTE_KEYS = ("match", "via", "fallback", "anonymous")
 
 
-class _Routes(_Chains):
+class _Routes(_Chains, _Lists):
     def read_routes(self, node: Node | None) -> tuple[Route, ...]:
         message = "no routes: every destination would be refused"
         if node is None:
@@ -62,34 +64,74 @@ class _Routes(_Chains):
         return Route(index, patterns, via, fallback, node.start_mark.line + 1, anonymous)
 
     def patterns(self, node: Node, path: str) -> tuple[Pattern, ...] | None:
+        items = self.pattern_items(node, path)
+        if items is None:
+            return None
+        if len(items) == 1:
+            return items[0][2]
+        return tuple(p for _, _, patterns in items for p in patterns)
+
+    def pattern_items(
+        self, node: Node, path: str
+    ) -> list[tuple[Node, int, tuple[Pattern, ...]]] | None:
+        """Per item of a `match` (or `deny`) value: its node, its index and its patterns
+        (one, or a list's). None when any item is bad (each error recorded). Kept cheap
+        per item: a table may write 100,000 patterns inline."""
         items = self.items(node)
         if not items:
             self.error(node, path, "empty list: the route would match nothing")
             return None
         many = isinstance(node, SequenceNode)
-        out: list[Pattern] = []
+        out: list[tuple[Node, int, tuple[Pattern, ...]]] = []
+        failed = False
         for i, item in enumerate(items):
-            item_path = f"{path}[{i}]" if many else path
-            if _is_null(item):
-                self.error(item, item_path, "empty pattern")
+            if isinstance(item, ScalarNode) and item.tag in _SCALAR_TAGS:
+                text = str(item.value)
+            else:
+                item_path = f"{path}[{i}]" if many else path
+                if _is_null(item):
+                    self.error(item, item_path, "empty pattern")
+                else:
+                    self.text(item, item_path)  # records what it is instead
+                failed = True
                 continue
-            text = self.text(item, item_path)
-            if text is None:
+            if text.startswith("list:"):
+                listed = self.listed(text[5:].strip(), item, f"{path}[{i}]" if many else path)
+                if listed is None:
+                    failed = True
+                else:
+                    out.append((item, i, listed))
                 continue
             try:
-                out.append(compile_pattern(text))
+                out.append((item, i, (compile_pattern(text),)))
             except ValueError as e:
-                self.error(item, item_path, str(e))
-        return tuple(out) if len(out) == len(items) else None
+                self.error(item, f"{path}[{i}]" if many else path, str(e))
+                failed = True
+        return None if failed else out
+
+    def listed(self, name: str, node: Node, path: str) -> tuple[Pattern, ...] | None:
+        """The patterns of list `name`, or None (an error recorded unless the list is
+        defined but broken: its own errors say why)."""
+        found = self.lists.get(name)
+        if found is not None:
+            return found.patterns
+        if name not in self.broken_lists:
+            known = _did_you_mean(name, self.lists)
+            self.error(node, path, f"no list named {_q(name)}{known}")
+        return None
 
     def local_patterns(self, node: Node) -> tuple[Pattern, ...]:
         """`allow_local:` IPs and ranges (with ports, if wanted): addresses, not names."""
-        patterns = self.patterns(node, "allow_local") or ()
-        for i, pattern in enumerate(patterns):
-            if pattern.kind not in ("cidr", "exact") or not _is_address(pattern.value):
-                where = f"allow_local[{i}]" if isinstance(node, SequenceNode) else "allow_local"
-                self.error(node, where, f"{pattern.text!r}: name an address or a range")
-        return patterns
+        items = self.pattern_items(node, "allow_local") or []
+        many = isinstance(node, SequenceNode)
+        for _, i, patterns in items:
+            for pattern in patterns:
+                if pattern.kind not in ("cidr", "exact") or not _is_address(pattern.value):
+                    where = f"allow_local[{i}]" if many else "allow_local"
+                    origin = f" (list {pattern.list_name}, line {pattern.line})"
+                    origin = origin if pattern.list_name else ""
+                    self.error(node, where, f"{pattern.text!r}{origin}: name an address or a range")
+        return tuple(p for _, _, patterns in items for p in patterns)
 
     def via(self, node: Node, path: str) -> Via | None:
         if isinstance(node, SequenceNode):

@@ -1,9 +1,10 @@
 """`chainer explain HOST[:PORT]`: what the route table would do with a destination.
 
 Nothing is sent anywhere. The answer says which rule matches (its position, the pattern
-and file:line), what the server's destination policy says on each listener, the via and
-each hop position's candidates with their strategy and timeouts, the fallbacks in order,
-and where the destination's name would be resolved. `explain_render` shows it.
+and file:line; for a pattern from a `lists:` file, that list and its file:line too), what
+the server's destination policy says on each listener, the via and each hop position's
+candidates with their strategy and timeouts, the fallbacks in order, and where the
+destination's name would be resolved. `explain_render` shows it.
 
 Live health is optional and comes from a `HealthView` (`liveview.py`). Health is kept
 per edge (the hop a candidate is reached through, the candidate), so a candidate at hop
@@ -31,6 +32,7 @@ __all__ = [
     "DnsView",
     "EdgeView",
     "Explanation",
+    "ListedAt",
     "PolicyVerdict",
     "PositionView",
     "Resolution",
@@ -108,6 +110,19 @@ class DnsView:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedAt:
+    """Where a matching pattern read from a `lists:` file was written."""
+
+    name: str
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     given: str  # the destination as typed (or its authority, when given an Address)
     target: Address  # as normalized
@@ -126,6 +141,7 @@ class Explanation:
     captured: Address | None = None
     sniffing: bool = True  # some transparent listener reads first flights for names
     dns: DnsView | None = None  # with `dns:` configured
+    listed: ListedAt | None = None  # the pattern came from a `lists:` file
 
     @property
     def policy_refused(self) -> str | None:
@@ -220,9 +236,14 @@ def explain(
         if Address(name, 1).is_ip:
             raise BadTarget(f"--sni takes a name, not an address: {printable(sni[:100])!r}")
         captured, address = address, Address(name, address.port)
-    table = RouteTable(config.routes)
+    table = RouteTable.of(config.routes)
     match = table.match(address)
     route = match.route if match is not None else None
+    listed = None
+    if match is not None and match.pattern.list_name:
+        found = config.pattern_list(match.pattern.list_name)
+        file = found.file if found is not None else "?"
+        listed = ListedAt(match.pattern.list_name, file, match.pattern.line)
     return Explanation(
         given=given,
         target=address,
@@ -242,6 +263,7 @@ def explain(
         captured=captured,
         sniffing=any(ln.sniff for ln in config.listeners if ln.transparent),
         dns=_dns(config, table, address),
+        listed=listed,
     )
 
 

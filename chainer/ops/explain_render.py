@@ -45,10 +45,11 @@ def render_text(e: Explanation) -> str:
     title = "refused (403)" if e.via is None else _via_title(e.via)
     if e.policy_refused is not None:
         title = "refused by policy (403)"
+    listed = "" if e.listed is None else f" (list {e.listed.name}, {e.listed.where})"
     head = (
         f"{e.target} -> no route matches -> {title}"
         if e.route is None
-        else f'{e.target} -> {e.route} ({e.where}) match "{e.pattern}" -> {title}'
+        else f'{e.target} -> {e.route} ({e.where}) match "{e.pattern}"{listed} -> {title}'
     )
     lines = [head]
     what = _target_kind(e.target)
@@ -69,6 +70,8 @@ def render_text(e: Explanation) -> str:
         lines.append(f"  {'rule':<12} none of the {e.routes_total} routes in {e.file} matches")
     else:
         lines.append(f'  {"rule":<12} {e.route} at {e.where}, pattern "{e.pattern}"')
+        if e.listed is not None:
+            lines.append(f"  {'list':<12} {e.listed.name}, line {e.listed.line} of {e.listed.file}")
     refusing = [verdict for verdict in e.policy if verdict.refused]
     if refusing and e.policy_refused is None:
         for verdict in refusing:
@@ -176,7 +179,15 @@ def render_json(e: Explanation) -> dict[str, Any]:
         },
         "route": None
         if e.route is None
-        else {"label": e.route, "pattern": e.pattern, "file": e.file, "line": e.line},
+        else {
+            "label": e.route,
+            "pattern": e.pattern,
+            "file": e.file,
+            "line": e.line,
+            "list": None
+            if e.listed is None
+            else {"name": e.listed.name, "file": e.listed.file, "line": e.listed.line},
+        },
         "refused": e.refused,
         "status": e.status,
         "policy": [{"listener": pv.listener, "refused": pv.refused} for pv in e.policy],

@@ -9,6 +9,10 @@ Checked before routing, on the destination as the client wrote it:
     machine it runs on. `allow_local:` names the ones that may be reached anyway.
 For `direct` routes the same address rules are applied again to every address the name
 resolves to, so a name that resolves to 127.0.0.1 (or is rebound to it) is refused too.
+
+`deny:` may name lists (`list:NAME`), so it may be long: it is matched through a
+`PatternIndex` (the first deny pattern in order, as a scan would find it), built once
+per table — in the reload's worker thread, by `prepare` — and found again by identity.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import Refused
-from ..models import Address, Listener, Policy
-from .table import pattern_matches
+from ..models import Address, Listener, Pattern, Policy
+from .index import PatternIndex, Recent
+from .patterns import pattern_matches
 
 _PROTECTED = tuple(
     ipaddress.ip_network(n)
@@ -85,6 +90,25 @@ def _is_local(ip: IP) -> bool:
     return local
 
 
+_Indexes = tuple[PatternIndex, PatternIndex]  # every deny pattern; its addresses only
+_DENY: Recent[tuple[Pattern, ...], _Indexes] = Recent()
+
+
+def _deny_indexes(deny: tuple[Pattern, ...]) -> _Indexes:
+    return PatternIndex(deny), PatternIndex(deny, kinds=("cidr", "exact"))
+
+
+def prepare(policy: Policy) -> None:
+    """Index `policy.deny` now, off the event loop (connections then find it ready)."""
+    if policy.deny:
+        _DENY.get(policy.deny, _deny_indexes)
+
+
+def _denied(pattern: Pattern) -> str:
+    origin = f" (list {pattern.list_name}, line {pattern.line})" if pattern.list_name else ""
+    return f"denied by deny: {pattern.text!r}{origin}"
+
+
 @dataclass(frozen=True, slots=True)
 class Guard:
     """The policy as it applies to connections arriving on one listener."""
@@ -101,9 +125,12 @@ class Guard:
 
     def check(self, target: Address) -> None:
         """Raise Refused when `target`, as written, may not be reached."""
-        for pattern in self.policy.deny:
-            if pattern_matches(pattern, target):
-                raise Refused(f"{target} is denied by deny: {pattern.text!r}")
+        deny = self.policy.deny
+        if deny:
+            every, _ = _DENY.get(deny, _deny_indexes)
+            pos = every.first(target)
+            if pos is not None:
+                raise Refused(f"{target} is {_denied(deny[pos])}")
         ports = self.policy.allow_ports
         if ports and not any(lo <= target.port <= hi for lo, hi in ports):
             raise Refused(f"port {target.port} is not in allow_ports")
@@ -120,11 +147,12 @@ class Guard:
             raise Refused(f"{Address(host, port)} is chainer itself: refusing a loop")
         if self.exposed and (_protected(ip) or _is_local(ip)) and not self._allowed_local(ip, port):
             raise Refused(f"{host} is this machine or link-local: not reachable from outside")
-        for pattern in self.policy.deny:
-            if pattern.kind in ("cidr", "exact") and pattern_matches(
-                pattern, Address(str(ip), port)
-            ):
-                raise Refused(f"{host} is denied by deny: {pattern.text!r}")
+        deny = self.policy.deny
+        if deny:
+            _, addresses = _DENY.get(deny, _deny_indexes)
+            pos = addresses.first(Address(str(ip), port))
+            if pos is not None:
+                raise Refused(f"{host} is {_denied(deny[pos])}")
 
     def _allowed_local(self, ip: IP, port: int) -> bool:
         address = Address(str(ip), port)

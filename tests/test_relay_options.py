@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from chainer import cli
+from chainer import commands
 from chainer.relay import RelayOptions, splice
 from chainer.relay.sockstream import SockStream
 
@@ -26,7 +26,7 @@ def test_cli_maps_chainer_relay(
         monkeypatch.delenv("CHAINER_RELAY", raising=False)
     else:
         monkeypatch.setenv("CHAINER_RELAY", env)
-    assert cli._relay_options().mode == mode
+    assert commands.relay_options().mode == mode
 
 
 @pytest.mark.parametrize(("mode", "splices"), [("auto", True), ("generic", False)])

@@ -2,14 +2,16 @@
 
 Requests are parsed by h11, after a strict check of the whole head: `CONNECT host:port`
 asks for a tunnel, an absolute-form `GET http://host/...` is forwarded through the same
-route. Bytes a client sends after its request and before our answer stay buffered and
-are delivered once the chain is up.
+route. A plainly well-formed CONNECT (the common case) is read without h11
+(proto/request.py parse_connect_head); anything else goes through h11, which has the
+last word on what is malformed. Bytes a client sends after its request and before our
+answer stay buffered and are delivered once the chain is up.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,7 @@ from anyio.abc import ByteStream
 from ..errors import BadTarget
 from ..models import Address, Limits
 from ..proto.forward import LAST_CHUNK, encode_chunk, forward_request
-from ..proto.request import check_request_head, find_head_end
+from ..proto.request import check_request_head, find_head_end, parse_connect_head
 from ..relay.result import BadRequestBody, ClientClosed
 from ..relay.streams import with_prefix
 from ..routing.target import normalize_host, parse_authority
@@ -39,18 +41,23 @@ class HttpInbound:
     stream: ByteStream
     users: Mapping[str, str] = field(default_factory=dict)
     limits: Limits = _DEFAULT_LIMITS
-    conn: h11.Connection = field(
-        default_factory=lambda: h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-    )
+    _conn: h11.Connection | None = None  # made only for a request that needs h11
     _pending: bytes = b""
+    _early: bytes | None = None  # after a CONNECT read without h11: what followed its head
     closed: bool = False  # the client's side has ended (end of stream or a reset)
+
+    @property
+    def conn(self) -> h11.Connection:
+        if self._conn is None:
+            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        return self._conn
 
     def feed(self, data: bytes) -> None:
         self._pending += data
 
-    async def _read_head(self) -> None:
-        """Buffer the whole request head, check it strictly, then hand it (and whatever
-        followed it) to h11."""
+    async def _read_head(self) -> tuple[bytes, int]:
+        """Buffer the whole request head and check it strictly; the buffer (the head and
+        whatever followed it) and where the head ends."""
         buffer, self._pending = self._pending, b""
         limit = self.limits.header_bytes
         while (end := find_head_end(buffer)) < 0:
@@ -70,7 +77,7 @@ class HttpInbound:
         problem = check_request_head(buffer[:end], self.limits.header_fields)
         if problem is not None:
             raise ClientError(*problem)
-        self.conn.receive_data(_with_connect_host(buffer, end))
+        return buffer, end
 
     async def _next_event(self) -> Any:
         while True:
@@ -88,30 +95,26 @@ class HttpInbound:
             self.conn.receive_data(data)
 
     async def read_request(self) -> Request:
-        await self._read_head()
+        buffer, end = await self._read_head()
+        if buffer.startswith(b"CONNECT "):
+            parsed = parse_connect_head(buffer[:end])
+            if parsed is not None:
+                raw_target, fields = parsed
+                self._early = buffer[end:]
+                return self._connect(raw_target.decode("ascii"), fields)
+        self.conn.receive_data(_with_connect_host(buffer, end))
         event = await self._next_event()
         if isinstance(event, h11.ConnectionClosed):
             raise ClientGone()
         if not isinstance(event, h11.Request):
             raise ClientError(400, "expected a request")
-        user = self._authenticate(event)
         target = event.target.decode("ascii", "replace")
         if event.method == b"CONNECT":
-            if target.startswith("/") or "://" in target:
-                raise ClientError(400, "CONNECT needs host:port")
-            for name, value in event.headers:
-                if name == b"transfer-encoding" or (
-                    name == b"content-length" and value.strip() != b"0"
-                ):
-                    raise ClientError(400, "CONNECT with a body")
-            try:
-                address = parse_authority(target)
-            except BadTarget as exc:
-                raise ClientError(400, str(exc)) from None
-            end = await self._next_event()
-            if not isinstance(end, h11.EndOfMessage):
+            request = self._connect(target, list(event.headers))
+            if not isinstance(await self._next_event(), h11.EndOfMessage):
                 raise ClientError(400, "CONNECT with a body")
-            return Request("connect", address, user=user)
+            return request
+        user = self._authenticate(event.headers)
         if target.startswith("/") or target == "*":
             raise ClientError(400, "not a proxy request: use an absolute URL or CONNECT")
         try:
@@ -131,12 +134,28 @@ class HttpInbound:
         )
         return Request("forward", address, head=head, chunked=chunked, user=user, body=body)
 
-    def _authenticate(self, request: h11.Request) -> str | None:
+    def _connect(self, target: str, fields: list[tuple[bytes, bytes]]) -> Request:
+        """A CONNECT's checks, whoever parsed it (lower-case field names)."""
+        user = self._authenticate(fields)
+        if target.startswith("/") or "://" in target:
+            raise ClientError(400, "CONNECT needs host:port")
+        for name, value in fields:
+            if name == b"transfer-encoding" or (
+                name == b"content-length" and value.strip() != b"0"
+            ):
+                raise ClientError(400, "CONNECT with a body")
+        try:
+            address = parse_authority(target)
+        except BadTarget as exc:
+            raise ClientError(400, str(exc)) from None
+        return Request("connect", address, user=user)
+
+    def _authenticate(self, fields: Iterable[tuple[bytes, bytes]]) -> str | None:
         if not self.users:
             return None
         challenge = (("Proxy-Authenticate", 'Basic realm="chainer"'),)
         given = False
-        for name, value in request.headers:
+        for name, value in fields:
             if name == b"proxy-authorization":
                 given = True
                 user = check_basic(value, self.users)
@@ -149,6 +168,8 @@ class HttpInbound:
     async def established(self) -> ByteStream:
         """Answer 200 to a CONNECT; the client stream, early bytes first."""
         await self.stream.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if self._early is not None:
+            return with_prefix(self.stream, self._early)
         early, _closed = self.conn.trailing_data
         return with_prefix(self.stream, early)
 

@@ -13,6 +13,7 @@ An address has one text only: IPv6 compressed, and an IPv4-mapped IPv6 address
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -24,6 +25,9 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _NUMERIC = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*$")
 
 
+# Pure functions of their text, called for every request: the same destinations come
+# again and again, so their answers are kept (a BadTarget is not cached, only results).
+@functools.lru_cache(maxsize=4096)
 def normalize_host(host: str) -> str:
     """The canonical text of a host: IPv6 without brackets and compressed, names lower-case
     without a trailing dot. Raises BadTarget when it is neither an IP literal nor a DNS name."""
@@ -70,6 +74,7 @@ def parse_port(text: str) -> int:
     return port
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_authority(text: str, default_port: int | None = None) -> Address:
     """`host:port`, `[v6]:port` (or a bare host when default_port is given) -> Address."""
     if text.startswith("["):

@@ -91,4 +91,6 @@ def parse_connect_head(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] |
         pos = field.end()
     if pos != end or head[end:] != b"\r\n":
         return None
+    if sum(name == b"content-length" for name, _ in fields) > 1:
+        return None  # h11 folds repeated lengths into one: let it
     return line.group(1), fields

@@ -49,13 +49,19 @@ class Router:
         return match
 
     async def open(
-        self, target: Address, screen: Screen | None = None, *, forward: Forward | None = None
+        self,
+        target: Address,
+        screen: Screen | None = None,
+        *,
+        forward: Forward | None = None,
+        match: Match | None = None,
     ) -> tuple[Match, Dialed]:
-        """Route `target` and build its chain (fallbacks included). `screen(ip, port)`
-        vets the addresses a `direct` route resolves the name to. With `forward`, a
-        plain-HTTP request whose chain ends at an HTTP proxy is sent to that proxy as it
-        is (`Dialed.forward_to` names it); otherwise the chain reaches the destination."""
-        match = self.route(target)
+        """Route `target` (unless `match` says how it was routed already) and build its
+        chain (fallbacks included). `screen(ip, port)` vets the addresses a `direct` route
+        resolves the name to. With `forward`, a plain-HTTP request whose chain ends at an
+        HTTP proxy is sent to that proxy as it is (`Dialed.forward_to` names it);
+        otherwise the chain reaches the destination."""
+        match = match if match is not None else self.route(target)
         route = match.route
         vias = (route.via, *route.fallback)
         dialed = await self.dialer.dial(route.label(), vias, target, screen, forward=forward)

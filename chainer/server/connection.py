@@ -44,6 +44,7 @@ from ..relay.tls import TLSLeg
 from ..router import Router
 from ..routing.fakeip import Claim, FakeIps
 from ..routing.policy import Guard
+from ..routing.table import Match
 from ..text import READ_SIZE
 from . import forwarding
 from .closewatch import watch_for_close
@@ -116,10 +117,9 @@ class Connection:
             conn.outcome, conn.error = "internal_error", "see traceback"
             log.exception("conn=%d: internal error", conn.id)
         finally:
-            # Shielded: a cancelled connection (grace over, serve() cancelled) must still
-            # close its socket. A socket already handed to a tunnel is not closed here.
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(self.client)
+            # A plain socket's close needs no await, so a cancelled connection (grace over,
+            # serve() cancelled) closes it too. One handed to a tunnel is not closed here.
+            self.client.close()
             if not conn.handed_off:
                 self._ended()
 
@@ -195,6 +195,18 @@ class Connection:
         conn.fake_ip = request.fake_ip
         await self._serve_request(inbound, request)
 
+    def _watched(self, request: Request, match: Match) -> SockStream | None:
+        """The client socket to watch for a reset while the chain is built (closewatch.py):
+        not over TLS, and not for a `direct` connection to an address with no fallback,
+        which is one TCP connect (a reset there costs at most its connect_timeout, and
+        watching costs every connection two epoll calls and a cancel scope)."""
+        if self.tls:
+            return None
+        route = match.route
+        if route.via.kind == "direct" and not route.fallback and request.target.is_ip:
+            return None
+        return self.client
+
     async def _serve_request(self, inbound: Inbound, request: Request) -> None:
         conn, metrics = self.record, self.shared.metrics
         router = self.shared.router()
@@ -204,16 +216,18 @@ class Connection:
             guard.check(request.target)
             if request.original not in (None, request.target) and request.fake_ip is None:
                 guard.check(request.original)  # a sniffed name: its address is judged too
+            # Routed once, before the chain is built, so that a failure names the route
+            # and its chain too.
+            match = router.route(request.target)
+            conn.route, conn.via = match.route.label(), match.route.via.label
             plan = None
             if request.kind == "forward":
-                match = router.route(request.target)
                 options = router.config.http
                 plan = forwarding.plan(request, options, match.route, self.record.client)
-            conn.route, conn.via = _route_and_via(router, request)
             opened = None
-            with watch_for_close(None if self.tls else self.client) as watch:
+            with watch_for_close(self._watched(request, match)) as watch:
                 screen = self._screen(guard)
-                opened = await router.open(request.target, screen, forward=plan)
+                opened = await router.open(request.target, screen, forward=plan, match=match)
             if watch.closed or opened is None:
                 # The client's connection was reset while its chain was being built: what
                 # was built is closed (a chain that came up just then too).
@@ -363,10 +377,3 @@ async def _receive_some(stream: ByteStream) -> bytes:
 
 
 _CLIENT_OUTCOMES = {None: "bad_request", "missing": "auth_required", "wrong": "auth_failed"}
-
-
-def _route_and_via(router: Router, request: Request) -> tuple[str, str]:
-    """The route and via names the access line shows, known before the chain is built,
-    so that a failure names them too. Refused when no route matches."""
-    match = router.route(request.target)
-    return match.route.label(), match.route.via.label

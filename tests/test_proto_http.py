@@ -417,6 +417,18 @@ def test_connect_request_bytes() -> None:
     )
 
 
+def test_connect_request_close_for_pipelining() -> None:
+    """A pipelined CONNECT asks the proxy to close after its answer, so that a refusal
+    cannot make it read the next hop's bytes as another request."""
+    assert connect_request("example.com:443", close=True) == (
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n"
+    )
+    with_auth = connect_request("h:1", basic_authorization("alice", "s3cret"), close=True)
+    assert with_auth.endswith(
+        b"Proxy-Authorization: Basic YWxpY2U6czNjcmV0\r\nConnection: close\r\n\r\n"
+    )
+
+
 def test_basic_authorization() -> None:
     assert basic_authorization("alice", "s3cret") == "Basic YWxpY2U6czNjcmV0"
     value = basic_authorization("jos\xe9", "p:w d")

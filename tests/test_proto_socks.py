@@ -63,9 +63,14 @@ def run(client: Client, chunks: Sequence[bytes], *, eof: bool = False) -> Outcom
 
 
 def s5(
-    host: str = "example.com", port: int = 443, **credentials: str
+    host: str = "example.com",
+    port: int = 443,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    early: bool = False,
 ) -> Callable[[], Socks5Client]:
-    return lambda: Socks5Client(host, port, **credentials)
+    return lambda: Socks5Client(host, port, username=username, password=password, early=early)
 
 
 def s4(
@@ -210,6 +215,41 @@ CASES: dict[str, Case] = {
         PICK_NONE,
         AuthFailed("the hop accepts neither no-auth nor username/password"),
         (GREETING_AUTH,),
+    ),
+    # ---- SOCKS5 early (pipelined): every message in greeting(), no Send, one method offered
+    "early, no auth": Case(
+        s5(early=True), PICK_NOAUTH + OK_V4 + HELLO, BND_V4, (GREETING + REQ_NAME,), HELLO
+    ),
+    "early, user/pass": Case(
+        s5(username="alice", password="s3cret", early=True),
+        PICK_USERPASS + AUTH_OK + OK_V4 + HELLO,
+        BND_V4,
+        (b"\x05\x01\x02" + ALICE + REQ_NAME,),
+        HELLO,
+    ),
+    "early, refused": Case(
+        s5(early=True), PICK_NOAUTH + s5_fail(2) + b"zz", Rejected(2, rep_text(2)), after=b"zz"
+    ),
+    "early, user/pass refused": Case(
+        s5(username="alice", password="s3cret", early=True),
+        PICK_USERPASS + b"\x01\x01",
+        AuthFailed("the hop refused the username/password (status 0x01)"),
+        (b"\x05\x01\x02" + ALICE + REQ_NAME,),
+        eof=True,
+    ),
+    "early, no acceptable method": Case(
+        s5(username="alice", password="s3cret", early=True),
+        PICK_NONE,
+        AuthFailed("the hop does not accept username/password"),
+        eof=True,
+    ),
+    "early, user/pass, hop picks no-auth": Case(
+        s5(username="alice", password="s3cret", early=True),
+        PICK_NOAUTH + OK_V4,
+        "^the hop chose no authentication, which was not offered$",
+    ),
+    "early, closed after method selection": Case(
+        s5(early=True), PICK_NOAUTH, "^closed without answering the CONNECT request$", eof=True
     ),
     # ---- SOCKS5 refusals: every REP, and unknown ones
     **{

@@ -56,8 +56,13 @@ def basic_authorization(username: str, password: str) -> str:
     return f"Basic {token}"
 
 
-def connect_request(authority: str, authorization: str | None = None) -> bytes:
-    """The bytes of `CONNECT authority`, with `Proxy-Authorization` when given."""
+def connect_request(
+    authority: str, authorization: str | None = None, *, close: bool = False
+) -> bytes:
+    """The bytes of `CONNECT authority`, with `Proxy-Authorization` when given, and with
+    `Connection: close` when `close`: a pipelining client sends the next hop's bytes
+    right behind the request, and a proxy that refuses it must then close rather than
+    read those bytes as another request of ours (RFC 9112 9.6)."""
     if not authority or _AUTHORITY_BAD.search(authority):
         raise ValueError(f"bad CONNECT authority {quote(authority.encode('utf-8', 'replace'))}")
     head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
@@ -66,6 +71,8 @@ def connect_request(authority: str, authorization: str | None = None) -> bytes:
         if not authorization or _FIELD_VALUE_BAD.search(authorization):
             raise ValueError("bad Proxy-Authorization value")
         head += f"Proxy-Authorization: {authorization}\r\n"
+    if close:
+        head += "Connection: close\r\n"
     try:
         return (head + "\r\n").encode("ascii")
     except UnicodeEncodeError:

@@ -6,11 +6,12 @@ sent (`receive_data`, `b""` for EOF) and call `next_event` until it stops saying
 `NEED_DATA`. SOCKS4 is one request (`request()`) and one answer. SOCKS5 may take three
 round trips (method selection, the RFC 1929 sub-negotiation, the CONNECT): the caller
 sends `greeting()`, and between answers the client hands out a `Send` whose bytes must be
-written before reading on. Every answer's length is known from its first bytes, so each
-stage waits for exactly that many and consumes no more: bytes that arrive early stay
-buffered for the next stage, and whatever follows the final answer is left in
-`trailing_data` (after `Connected`, the tunnel's first bytes). A whole answer in one
-segment is parsed with a few slices.
+written before reading on — unless it is `early` (pipelined): then `greeting()` holds
+every message at once and the answers are read in a row. Every answer's length is known
+from its first bytes, so each stage waits for exactly that many and consumes no more:
+bytes that arrive early stay buffered for the next stage, and whatever follows the final
+answer is left in `trailing_data` (after `Connected`, the tunnel's first bytes). A whole
+answer in one segment is parsed with a few slices.
 
 What the hop meant is an event (`Connected`, `Rejected`, `AuthFailed`). The client
 raises only for answers that are not SOCKS (`ProtocolError`, on the first byte that
@@ -144,9 +145,16 @@ class Socks5Client(_Reader[Socks5Event]):
     `host` is an IPv4 literal, an IPv6 literal without brackets, or a DNS name (ASCII,
     sent for the hop to resolve). Credentials are offered alongside no-auth, so a hop
     that wants none still works.
+
+    `early`: every message goes out at once, in `greeting()` — the greeting, the
+    credentials and the CONNECT request — and no `Send` follows, for a hop known to read
+    each message exactly (pipelining). Then exactly one method is offered (no-auth, or
+    username/password when there are credentials), so the hop's choice cannot make it
+    read the bytes after the greeting as something they are not: it picks the offered
+    method, or none and closes (RFC 1928), and a refused login is closed too (RFC 1929).
     """
 
-    __slots__ = ("_auth", "_greeting", "_request", "_stage")
+    __slots__ = ("_auth", "_early", "_greeting", "_request", "_stage")
 
     def __init__(
         self,
@@ -155,16 +163,26 @@ class Socks5Client(_Reader[Socks5Event]):
         *,
         username: str | None = None,
         password: str | None = None,
+        early: bool = False,
     ) -> None:
         super().__init__()
         self._request = bytes((SOCKS5, CMD_CONNECT, 0)) + encode_address(host) + encode_port(port)
         self._auth = _userpass(username, password)
-        methods = (METHOD_NO_AUTH,) if self._auth is None else (METHOD_NO_AUTH, METHOD_USERPASS)
+        self._early = early
+        if self._auth is None:
+            methods: tuple[int, ...] = (METHOD_NO_AUTH,)
+        elif early:
+            methods = (METHOD_USERPASS,)
+        else:
+            methods = (METHOD_NO_AUTH, METHOD_USERPASS)
         self._greeting = bytes((SOCKS5, len(methods), *methods))
         self._stage = _Stage.METHOD
 
     def greeting(self) -> bytes:
-        """The first bytes to send: version and the offered methods."""
+        """The first bytes to send: version and the offered methods (for an `early`
+        client, the credentials and the CONNECT request too)."""
+        if self._early:
+            return self._greeting + (self._auth or b"") + self._request
         return self._greeting
 
     def _step(self) -> Socks5Event:
@@ -179,16 +197,21 @@ class Socks5Client(_Reader[Socks5Event]):
         if method is None:
             return NEED_DATA
         if method == METHOD_NO_AUTH:
+            if self._early and self._auth is not None:
+                raise ProtocolError("the hop chose no authentication, which was not offered")
             self._stage = _Stage.REPLY
-            return Send(self._request)
+            # (early: the request went with the greeting; its answer may be here already)
+            return self._connect_reply() if self._early else Send(self._request)
         if method == METHOD_USERPASS:
             if self._auth is None:
                 raise ProtocolError("the hop chose username/password, which was not offered")
             self._stage = _Stage.AUTH
-            return Send(self._auth)
+            return self._auth_reply() if self._early else Send(self._auth)
         if method == METHOD_NONE_ACCEPTABLE:
             if self._auth is None:
                 reason = "the hop requires authentication; no credentials were offered"
+            elif self._early:
+                reason = "the hop does not accept username/password"
             else:
                 reason = "the hop accepts neither no-auth nor username/password"
             return self._finish(AuthFailed(reason), self._pos)
@@ -204,7 +227,7 @@ class Socks5Client(_Reader[Socks5Event]):
             reason = f"the hop refused the username/password (status 0x{status:02x})"
             return self._finish(AuthFailed(reason), self._pos)
         self._stage = _Stage.REPLY
-        return Send(self._request)
+        return self._connect_reply() if self._early else Send(self._request)
 
     def _connect_reply(self) -> Socks5Event:
         self._check_first((SOCKS5,), "a SOCKS5 answer to the CONNECT request")

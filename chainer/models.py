@@ -118,6 +118,10 @@ class Proxy:
     fail_timeout: float = 10.0
     line: int = 0
     ssh: SshOptions | None = None  # an ssh hop's own settings (None for every other scheme)
+    # In a pipelined chain: may bytes for the next stage follow this hop's request in the
+    # same write (it reads its request exactly and relays what follows)? None: by scheme
+    # (outbound/pipeline.py: yes for HTTP and SOCKS4, no for SOCKS5).
+    pipeline: bool | None = None
 
     @property
     def has_credentials(self) -> bool:
@@ -147,6 +151,9 @@ class Via:
     kind: ViaKind
     label: str
     hops: tuple[HopGroup, ...] = ()
+    # A chain's requests are sent without waiting for each answer where that is safe
+    # (`pipeline: true`; see outbound/pipeline.py).
+    pipeline: bool = False
 
     @property
     def resolves_locally(self) -> bool:

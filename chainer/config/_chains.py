@@ -1,6 +1,7 @@
 """The `chains:` section: named chains of hops, each position a proxy, a failover list or
 `{pick: [...], strategy: ...}`; references to proxies; and the socks4 rule that a socks4
-hop can only be asked for an IPv4 address (or a name, with `resolve: local`).
+hop can only be asked for an IPv4 address (or a name, with `resolve: local`). A chain is
+a list of positions, or `{hops: [...], pipeline: true}` for a pipelined set-up.
 """
 
 from __future__ import annotations
@@ -30,11 +31,28 @@ class _Chains(_Reader):
             if ok and (name in self.proxies or name in self.broken):
                 self.error(key_node, path, f"{_q(name)} is already a proxy name")
                 ok = False
-            hops = self.hops(value_node, path)
-            if hops is not None and ok:
-                self.chains[name] = Via("chain", name, hops)
+            pipeline: bool | None = False
+            hops_node: Node | None = value_node
+            if isinstance(value_node, MappingNode):
+                hops_node, pipeline = self.chain_options(value_node, path)
+                path = f"{path}.hops"
+            hops = None if hops_node is None else self.hops(hops_node, path)
+            if hops is not None and pipeline is not None and ok:
+                self.chains[name] = Via("chain", name, hops, pipeline=pipeline)
             else:
                 self.broken.add(name)
+
+    def chain_options(self, node: MappingNode, path: str) -> tuple[Node | None, bool | None]:
+        """`{hops: [...], pipeline: true}`: the hops' node and the pipeline flag (None: bad)."""
+        entries = self.mapping(node, path) or {}
+        self.known(entries, ("hops", "pipeline"), path)
+        pipeline: bool | None = False
+        if "pipeline" in entries:
+            pipeline = self.flag(entries["pipeline"][1], f"{path}.pipeline")
+        if "hops" not in entries:
+            self.error(node, path, 'missing "hops"')
+            return None, pipeline
+        return entries["hops"][1], pipeline
 
     def hops(self, node: Node, path: str) -> tuple[HopGroup, ...] | None:
         """A chain: positions in order, each a proxy name, a list of names (failover) or

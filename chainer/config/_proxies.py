@@ -35,6 +35,7 @@ _PROXY_KEYS = (
     "insecure",
     "sni",
     "resolve",
+    "pipeline",
     *_BREAKER_KEYS,
     *SSH_KEYS,
 )
@@ -105,6 +106,7 @@ class _Proxies(_Reader):
         max_fails = options.count("max_fails", self.defaults.max_fails)
         tls = options.tls()
         resolve = options.resolve()
+        pipeline_ok, pipeline = options.pipeline()
         ssh_nodes = {key: options.get(key, "ssh") for key in SSH_KEYS}
         ssh = None
         if parsed is not None and parsed[0] == "ssh" and credentials is not None:
@@ -124,6 +126,7 @@ class _Proxies(_Reader):
             or max_fails is None
             or tls is None
             or resolve is None
+            or not pipeline_ok
         ):
             return None
         scheme, address, _, _ = parsed
@@ -149,6 +152,7 @@ class _Proxies(_Reader):
             fail_timeout=fail_timeout,
             line=key_node.start_mark.line + 1,
             ssh=ssh_settings,
+            pipeline=pipeline,
         )
 
     def proxy_url(self, node: Node, path: str) -> _ParsedURL | None:
@@ -254,6 +258,21 @@ class _ProxyOptions:
         if not ok or insecure is None:
             return None
         return ca, insecure, sni
+
+    def pipeline(self) -> tuple[bool, bool | None]:
+        """`pipeline:` — whether the hop takes the next stage's bytes right behind its
+        request, in a pipelined chain (an ssh hop is asked over its session: no bytes).
+        (ok, the value or None when not given)."""
+        node = self.get("pipeline")
+        if node is None:
+            return True, None
+        if self.scheme == "ssh":
+            key_node = self.entries["pipeline"][0]
+            message = "not for ssh proxies: they are asked over their session, not in bytes"
+            self.parser.error(key_node, f"{self.path}.pipeline", message)
+            return False, None
+        value = self.parser.flag(node, f"{self.path}.pipeline")
+        return value is not None, value
 
     def resolve(self) -> Literal["remote", "local"] | None:
         node = self.get("resolve", "socks4")

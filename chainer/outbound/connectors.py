@@ -5,7 +5,9 @@ chains: they raise HopAnswer when the hop answered with a failure and HopProtoco
 when it did not answer properly; transport errors (OSError, EndOfStream,
 BrokenResourceError, ssl.SSLError) pass through for the blame table to translate once.
 Reaching the hop itself (TCP, TLS) is `tcp.py`'s job, and an SSH hop's session
-`ssh.py`'s: asking an SSH hop is opening a channel on its session.
+`ssh.py`'s: asking an SSH hop is opening a channel on its session. What a request's
+bytes are, and whether they went out already with a pipelined batch, is `pipeline.py`'s:
+a connector sends what `pipeline.ask` says is due and reads the answer.
 """
 
 from __future__ import annotations
@@ -20,18 +22,11 @@ from ..errors import HopAnswer, HopClosed, HopProtocolError
 from ..models import Address, Proxy
 from ..proto import socks_codes as codes
 from ..proto.forward import ResponseStartReader
-from ..proto.http import (
-    NEED_DATA,
-    ConnectResponseReader,
-    Established,
-    ProtocolError,
-    Refused,
-    basic_authorization,
-    connect_request,
-)
+from ..proto.http import NEED_DATA, ConnectResponseReader, Established, ProtocolError, Refused
 from ..proto.socks import AuthFailed, Connected, Rejected, Send, Socks4Client, Socks5Client
 from ..relay.streams import with_prefix
 from ..text import READ_SIZE, printable
+from . import pipeline
 from .resolve import SYSTEM
 from .ssh import open_channel
 
@@ -56,11 +51,9 @@ async def ask(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
 
 async def socks5_connect(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
     """RFC 1928 CONNECT. socks5 and socks5h both send names: the hop resolves them."""
-    client = Socks5Client(
-        target.host, target.port, username=proxy.username, password=proxy.password
-    )
-    await stream.send(client.greeting())
-    return await _drive_socks(stream, client)
+    asked = await pipeline.ask(stream, proxy, target)
+    assert isinstance(asked.request.reader, Socks5Client)
+    return asked.onward(await _drive_socks(asked.stream, asked.request.reader))
 
 
 async def socks4_connect(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
@@ -72,13 +65,11 @@ async def socks4_connect(stream: ByteStream, proxy: Proxy, target: Address) -> B
             )
         host = await _resolve_ipv4(host)
     try:
-        client = Socks4Client(
-            host, target.port, user_id=proxy.username or "", socks4a=proxy.scheme == "socks4a"
-        )
-    except ValueError as exc:
+        asked = await pipeline.ask(stream, proxy, Address(host, target.port))
+    except ValueError as exc:  # (from the codec, before anything is sent)
         raise HopAnswer("failed", 0, f"{proxy.scheme}: {exc}") from None
-    await stream.send(client.request())
-    return await _drive_socks(stream, client)
+    assert isinstance(asked.request.reader, Socks4Client)
+    return asked.onward(await _drive_socks(asked.stream, asked.request.reader))
 
 
 async def _resolve_ipv4(host: str) -> str:
@@ -150,22 +141,22 @@ async def _drive_socks(stream: ByteStream, codec: Socks5Client | Socks4Client) -
 
 
 async def http_connect(stream: ByteStream, proxy: Proxy, target: Address) -> ByteStream:
-    authorization = None
-    if proxy.username is not None:
-        authorization = basic_authorization(proxy.username, proxy.password or "")
-    await stream.send(connect_request(target.authority(), authorization))
-    reader = ConnectResponseReader()
+    asked = await pipeline.ask(stream, proxy, target)
+    reader, stream = asked.request.reader, asked.stream
+    assert isinstance(reader, ConnectResponseReader)
     event = await _next_answer(stream, reader, [False])
     if isinstance(event, Established):
-        return with_prefix(stream, reader.trailing_data)
+        return asked.onward(with_prefix(stream, reader.trailing_data))
     assert isinstance(event, Refused)
     status = event.status
     text = f"answered {status} {printable(event.reason)}".rstrip()
     if status in _DENIED:
         raise HopAnswer("denied", status, text)
     dns = _says_dns_failed(event.headers)
-    # The answer was read whole and the hop keeps the connection: it can be asked again.
-    survivor = with_prefix(stream, reader.trailing_data) if event.reusable else None
+    # The answer was read whole and the hop keeps the connection: it can be asked again
+    # (not after a pipelined request: we asked it to close, and sent more behind it).
+    reusable = event.reusable and not asked.pipelined
+    survivor = with_prefix(stream, reader.trailing_data) if reusable else None
     if status == 504:
         raise HopAnswer("timeout", status, text, survivor, dns=dns)
     if status in _UNREACHABLE:

@@ -33,6 +33,11 @@ One budget (`max_attempts`) counts every upstream connection and every request s
 a hop, prefix rebuilds included, across failovers: a request through a chain whose hops
 are all down costs at most that many, not dozens. Each fallback way still gets one try
 of its own (its hops and the destination) beyond what was spent before it.
+
+A chain with `pipeline: true` changes only when requests are sent: each stream reaching a
+node is handed the plan of what can be asked ahead on it (`pipeline.prime`), and the
+steps then read the answers one by one as above. The search, the limits and the charges
+are the same.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from anyio.abc import ByteStream
 
 from ..errors import ChainerError, ChainFailed, HopError, Refused
 from ..models import Address, Proxy, Timeouts, Via
-from . import steps
+from . import pipeline, steps
 from .blame import DeadlineExceeded, NoneReached, Where, blame
 from .health import Health, Trial
 from .resolve import SYSTEM, Resolver
@@ -285,6 +290,15 @@ class Dialer:
                     if reached is not None:  # (None: deferred, not measured)
                         trial.reached(seconds)
                     trace.append(HopTrace(pos + 1, candidate.name, seconds))
+                    if via.pipeline and reached is not None:
+                        reached = pipeline.prime(
+                            reached,
+                            candidate,
+                            via.hops[pos + 1 :],
+                            run.target,
+                            forward=run.forward is not None,
+                            exclude=run.denied,
+                        )
                     try:
                         return await self._extend(
                             via, run, reached, pos + 1, [*path, candidate], trace, trial

@@ -471,10 +471,15 @@ def start_tinyproxy(workdir: Path) -> tuple[ManagedProcess, Endpoint]:
     return proc, Endpoint(LOOPBACK, port, log_files=proc.log_files)
 
 
-def squid_config(port: int, workdir: Path, user: str | None) -> str:
+def squid_config(port: int, workdir: Path, user: str | None, deny_ports: Sequence[int] = ()) -> str:
     lines = [
         f"http_port {LOOPBACK}:{port}",
         "visible_hostname chainer-test-squid",
+    ]
+    if deny_ports:  # 403 for a CONNECT (or request) to these ports
+        lines.append("acl denied_ports port " + " ".join(str(p) for p in deny_ports))
+        lines.append("http_access deny denied_ports")
+    lines += [
         # "localhost" is squid's predefined ACL (127.0.0.1, ::1). No SSL_ports rule:
         # CONNECT to every port.
         "http_access allow localhost",
@@ -495,8 +500,11 @@ def squid_config(port: int, workdir: Path, user: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_squid(ready_timeout: float = 30.0) -> tuple[ManagedProcess, Endpoint]:
+def start_squid(
+    ready_timeout: float = 30.0, deny_ports: Sequence[int] = ()
+) -> tuple[ManagedProcess, Endpoint]:
     """squid in the foreground; its files live in a fresh directory that it may write.
+    It refuses (403) CONNECTs to `deny_ports`.
 
     As root squid drops to user ``proxy``, which cannot enter pytest's 0700 tmp dirs,
     so the directory is our own ``mkdtemp`` (chowned to ``proxy``), removed at stop.
@@ -515,7 +523,7 @@ def start_squid(ready_timeout: float = 30.0) -> tuple[ManagedProcess, Endpoint]:
     os.chmod(workdir, 0o755)
     port = free_port()
     conf = workdir / "squid.conf"
-    conf.write_text(squid_config(port, workdir, user))
+    conf.write_text(squid_config(port, workdir, user, deny_ports))
     try:
         proc = start_process(
             [exe, "-N", "-f", str(conf)],

@@ -1,6 +1,6 @@
 """Time to first byte through chains of 1-4 real hops on links with a real delay.
 
-    python bench/links.py [--rounds 7] [--delay 5ms] [--json out.json] [--quick]
+    python bench/links.py [--rounds 11] [--delay 5ms] [--json out.json] [--quick]
 
 How this works. Six network namespaces — the client, hops h1..h4 and the origin — are
 joined by links that hold every packet `--delay` each way (netlab.py, delayline.py):
@@ -442,7 +442,7 @@ def meta(args: argparse.Namespace, pproxy_note: str) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--delay", type=parse_delay, default=0.005, help="each way, per link")
     parser.add_argument("--tickets", type=int, default=2, help="TLS 1.3 tickets the origin sends")

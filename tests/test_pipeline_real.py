@@ -65,13 +65,14 @@ async def test_curl_through_a_pipelined_chain_of_real_proxies(
 
 
 @pytest.mark.slow  # (a squid of its own: ~2 s to start)
-async def test_a_squid_that_refuses_the_next_hop_stops_the_pipelined_chain_there(
-    tmp_path: Path,
+async def test_a_middle_squid_that_refuses_the_next_hop_stops_the_pipelined_chain_there(
+    tmp_path: Path, tinyproxy: Endpoint
 ) -> None:
-    """squid -> next -> destination, squid refusing CONNECTs to `next`: pipelined, squid
-    gets both CONNECTs in one write and answers 403 to the first; the client's answer
-    and the charge are the same as step by step, and squid does not act on the second
-    CONNECT (meant for `next`): neither `next` nor the destination sees a connection."""
+    """tinyproxy -> squid -> next -> destination, squid refusing CONNECTs to `next`:
+    pipelined, squid gets its CONNECT for `next` and the one meant for `next` in one
+    write and answers 403 to the first; the client's answer and the charge are the same
+    as step by step, and squid does not act on the second CONNECT: neither `next` nor the
+    destination sees a connection."""
     answers = []
     async with task_group() as tg:
         echo = await start_echo(tg)
@@ -79,10 +80,12 @@ async def test_a_squid_that_refuses_the_next_hop_stops_the_pipelined_chain_there
         proc, refusing = start_squid(deny_ports=(nxt.port,))
         with proc:
             for pipeline in ("false", "true"):
-                extra = f"chains:\n  c: {{hops: [squid, next], pipeline: {pipeline}}}\n"
+                extra = f"chains:\n  c: {{hops: [tiny, squid, next], pipeline: {pipeline}}}\n"
                 table = config(
                     "  - {match: '*', via: c}",
-                    f"  squid: http://{refusing.hostport}\n  next: {nxt.url()}\n",
+                    f"  tiny: http://{tinyproxy.hostport}\n"
+                    f"  squid: http://{refusing.hostport}\n"
+                    f"  next: {nxt.url()}\n",
                     extra,
                 )
                 async with running_chainer(table, tmp_path) as bound:
@@ -96,6 +99,26 @@ async def test_a_squid_that_refuses_the_next_hop_stops_the_pipelined_chain_there
     assert answers[1] == [
         b"HTTP/1.1 502 Bad Gateway",
         b"Proxy-Status: chainer; error=http_request_denied; received-status=403; "
-        b'details="hop 1 (squid): answered 403 Forbidden (denied)"',
+        b'details="hop 2 (squid): answered 403 Forbidden (denied)"',
     ]
     assert (nxt.accepted, echo.connections) == (0, 0)
+
+
+async def test_plain_http_through_a_pipelined_chain_reaches_the_last_hop_as_a_request(
+    tmp_path: Path, plain_origin: Origin, squid: Endpoint, danted: Endpoint
+) -> None:
+    """dante -> squid, pipelined, curl http://...: dante is asked for squid ahead of its
+    answer, and squid gets the request itself (absolute form), not a CONNECT."""
+    proxies = (
+        f"  dante: {{url: 'socks5h://{danted.hostport}', pipeline: true}}\n"
+        f"  squid: http://{squid.hostport}\n"
+    )
+    extra = "chains:\n  c: {hops: [dante, squid], pipeline: true}\n"
+    async with running_chainer(
+        config("  - {match: '*', via: c}", proxies, extra), tmp_path
+    ) as bound:
+        rc, body, err = await run_curl(
+            "-x", f"http://127.0.0.1:{bound[0][1]}", plain_origin.url("/headers")
+        )
+    assert rc == 0, err
+    assert b"chainer-test-squid" in body  # squid's Via: it forwarded the request

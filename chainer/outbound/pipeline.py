@@ -55,7 +55,7 @@ __all__ = ["Asked", "Primed", "Request", "ask", "opening", "prime", "relays"]
 Reader = ConnectResponseReader | Socks5Client | Socks4Client
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class Request:
     """`hop` asked for `target`: the reader of its answer (which also hands out what is
     sent between answers, SOCKS5's next messages), the bytes that open the request, and
@@ -107,7 +107,7 @@ def opening(proxy: Proxy, target: Address, *, pipelined: bool = False) -> Reques
     return Request(proxy, target, socks4, socks4.request(), follows)
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class Primed(ByteStream):
     """A stream to `plan[0].hop` that carries a plan: the requests that hop and the
     nodes after it will be asked, in order; the first `sent` are on the wire already."""
@@ -183,7 +183,7 @@ def _planned(asked: Proxy, target: Address) -> Request | None:
         return None
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(frozen=True, eq=False, slots=True)
 class Asked:
     """A request on its way: `stream` to read its answer from (the bare stream, under
     any plan), and what is left of the plan for the stream the answer leaves behind."""

@@ -54,9 +54,9 @@ from ..models import Address, Proxy, Timeouts, Via
 from . import pipeline, steps
 from .blame import DeadlineExceeded, NoneReached, Where, blame
 from .health import Health, Trial
+from .limits import Deadline, Forward, HopTrace, Stale, Survived, close_now
 from .resolve import SYSTEM, Resolver
 from .ssh import SshSessions
-from .steps import Deadline, Forward, HopTrace, close_now
 from .tcp import Screen
 
 __all__ = ["MAX_ATTEMPTS", "Dialed", "Dialer", "Forward", "HopTrace"]
@@ -126,7 +126,7 @@ class _Run:
         except HopError as exc:
             self.fail(exc)
             raise
-        except steps.Survived as exc:
+        except Survived as exc:
             self.fail(exc.error)
             raise
 
@@ -365,9 +365,9 @@ class Dialer:
                         sessions=self.sessions,
                         mark=self.mark,
                     )
-            except steps.Stale:
+            except Stale:
                 continue  # nothing learnt: ask again on a new connection, charging no one
-            except steps.Survived as exc:
+            except Survived as exc:
                 link.stream, link.reused = exc.stream, True
                 raise exc.error from None
             return stream, anyio.current_time() - started

@@ -27,9 +27,8 @@ cancellation included.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import anyio
 from anyio.abc import ByteStream
@@ -37,7 +36,18 @@ from anyio.abc import ByteStream
 from ..errors import ChainFailed, HopAnswer, HopError
 from ..models import Address, Proxy
 from . import connectors, tcp
-from .blame import DeadlineExceeded, Expired, Where, blame, expired, lost_kept_connection
+from .blame import DeadlineExceeded, Expired, Where, blame, lost_kept_connection
+from .limits import (
+    Deadline,
+    Forward,
+    HopTrace,
+    Limit,
+    Stale,
+    Survived,
+    bounded,
+    close_now,
+    translated,
+)
 from .resolve import SYSTEM, Resolver
 from .ssh import SessionLost, SshReached, SshSessions
 
@@ -56,92 +66,6 @@ __all__ = [
     "reach_path",
 ]
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class HopTrace:
-    """One hop actually used: its position, name and how long reaching it took."""
-
-    index: int
-    name: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Deadline:
-    """The connection's overall deadline: `total` seconds from `started`."""
-
-    started: float
-    total: float
-
-    @classmethod
-    def from_now(cls, total: float) -> Deadline:
-        return cls(anyio.current_time(), total)
-
-    def limit(self, waiting: Where) -> Limit:
-        return Limit(self.started + self.total, Expired(self.total, overall=True), waiting)
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """One deadline on the event loop's clock, and what to blame when it fires."""
-
-    at: float
-    cause: Expired
-    where: Where
-
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """A plain-HTTP request to be sent to an HTTP last hop as it is: `head_for(hop)` gives
-    the head in absolute form with that hop's own credentials; `body` says whether a body
-    follows (then the answer cannot be awaited before it is sent)."""
-
-    head_for: Callable[[Proxy], bytes]
-    body: bool = False
-
-
-class Stale(Exception):
-    """A connection kept from a failed request was closed by the hop before it answered
-    the next one (the keep-alive race): rebuild it and ask again, charging no one."""
-
-
-class Survived(Exception):
-    """A hop answered a failure about the next hop and kept its connection open: the next
-    candidate can be asked over the same connection (failover in place)."""
-
-    def __init__(self, error: HopError, stream: ByteStream) -> None:
-        self.error = error
-        self.stream = stream
-
-
-async def close_now(stream: ByteStream | None) -> None:
-    """Close at once, even inside a cancelled scope (where an unshielded await would
-    raise before the next stream in line got closed)."""
-    if stream is not None:
-        with anyio.CancelScope(shield=True):
-            await anyio.aclose_forcefully(stream)
-
-
-async def _bounded(limits: Sequence[Limit], fn: Callable[[], Awaitable[T]]) -> T:
-    """Run fn under the earliest limit; when that limit fires, raise its error."""
-    first = min(limits, key=lambda limit: limit.at)
-    with anyio.CancelScope(deadline=first.at):
-        return await fn()
-    raise expired(first.cause, first.where)
-
-
-async def _translated(limits: Sequence[Limit], where: Where, fn: Callable[[], Awaitable[T]]) -> T:
-    """`_bounded`, with whatever else interrupts fn translated by the blame table."""
-    try:
-        return await _bounded(limits, fn)
-    except Exception as exc:
-        error = blame(exc, where)
-        if error is None:
-            raise
-        raise error from None
-
 
 async def direct(
     target: Address,
@@ -154,7 +78,7 @@ async def direct(
     """TCP to the destination itself (a `direct` route), within `connect` seconds."""
     where = Where(0, "direct", "connect", str(target))
     limits = [Limit(anyio.current_time() + connect, Expired(connect), where), deadline.limit(where)]
-    return await _translated(limits, where, lambda: tcp.open_direct(target, screen, resolver, mark))
+    return await translated(limits, where, lambda: tcp.open_direct(target, screen, resolver, mark))
 
 
 async def reach(
@@ -186,7 +110,7 @@ async def reach(
     stream: ByteStream | None = None
     try:
         if not path:
-            stream = await _translated(
+            stream = await translated(
                 [reach_limit, deadline.limit(blamed)],
                 blamed,
                 lambda: tcp.open_tcp(proxy.address, resolver, mark),
@@ -201,7 +125,7 @@ async def reach(
         if proxy.scheme == "https":
             tls = Where(index, proxy.name, "tls", proxy.describe(), previous)
             tunnel = stream
-            stream = await _translated(
+            stream = await translated(
                 [reach_limit, deadline.limit(tls)], tls, lambda: tcp.start_tls(tunnel, proxy)
             )
         return stream
@@ -242,7 +166,7 @@ async def _reach_ssh(
         for _ in range(3):  # another connection building it gave up: wait for the next
             session = sessions.live(*key)
             if session is None and sessions.building(key):
-                session = await _translated(limits, handshake, lambda: sessions.wait(key))
+                session = await translated(limits, handshake, lambda: sessions.wait(key))
             if session is not None:
                 await close_now(prev)
                 prev = None
@@ -253,7 +177,7 @@ async def _reach_ssh(
         try:
             through, prev = prev, None  # consumed (a survivor of a failure goes on in it)
             stream = await _to_ssh_hop(through, path, proxy, deadline, reach_limit, reused, means)
-            session = await _translated(limits, handshake, lambda: sessions.handshake(stream, key))
+            session = await translated(limits, handshake, lambda: sessions.handshake(stream, key))
             build.session = session
             return SshReached(session, warm=False)
         except HopError as exc:
@@ -282,7 +206,7 @@ async def _to_ssh_hop(
     blamed = Where(index, proxy.name, "connect", proxy.describe(), previous)
     if not path:
         await close_now(prev)
-        return await _translated(
+        return await translated(
             [reach_limit, deadline.limit(blamed)],
             blamed,
             lambda: tcp.open_tcp(proxy.address, means.resolver, means.mark),
@@ -328,7 +252,7 @@ async def forward(
     ]
     head = request.head_for(hop)
     try:
-        return await _translated(
+        return await translated(
             limits, where, lambda: connectors.http_forward(stream, head, request.body)
         )
     except BaseException:
@@ -378,7 +302,7 @@ async def _ask_once(
     # Last: when a hop's own limit and the deadline fall together, the hop is named.
     limits.append(deadline.limit(where))
     try:
-        return await _bounded(limits, lambda: connectors.ask(stream, hop, target))
+        return await bounded(limits, lambda: connectors.ask(stream, hop, target))
     except BaseException as exc:
         survivor = exc.stream if isinstance(exc, HopAnswer) else None
         if survivor is None or next_proxy is None:

@@ -34,7 +34,7 @@ from ..inbound import (
 )
 from ..models import Address, Route, Transparent
 from ..outbound.dialer import Dialed
-from ..outbound.steps import close_now
+from ..outbound.limits import close_now
 from ..relay import RelayOptions
 from ..relay.generic import relay
 from ..relay.result import RelayResult

@@ -187,18 +187,21 @@ class Lab:
 
     # ---------------------------------------------------------- contenders
 
-    def start_chainer(self, name: str, hops: int) -> Contender:
+    def start_chainer(
+        self, name: str, hops: int, loop: str = "auto", reference: str | None = None
+    ) -> Contender:
         """chainer with `hops` further chainer instances (each routing direct) in front of
-        the destination: client -> chainer -> hop 1 -> ... -> hop n -> destination."""
+        the destination: client -> chainer -> hop 1 -> ... -> hop n -> destination.
+        `loop`: chainer's --loop (auto: uvloop when installed, as a user gets it)."""
         procs: list[Proc] = []
         hop_ports = [free_port() for _ in range(hops)]
         for i, port in enumerate(hop_ports, 1):
-            procs.append(self._chainer(f"{name}.hop{i}", port, []))
+            procs.append(self._chainer(f"{name}.hop{i}", port, [], loop))
         port = free_port()
-        procs.insert(0, self._chainer(name, port, hop_ports))
+        procs.insert(0, self._chainer(name, port, hop_ports, loop))
         for proc, p in zip(procs, [port, *hop_ports], strict=True):
             wait_listening(p, proc)
-        return Contender(name, port, True, procs)
+        return Contender(name, port, True, procs, reference)
 
     def start_chainer_with(
         self, name: str, write: Callable[[Path, int], Path], reference: str
@@ -210,14 +213,14 @@ class Lab:
         wait_listening(port, proc, START_TIMEOUT + 30)  # loading a big table takes a while
         return Contender(name, port, True, [proc], reference)
 
-    def _chainer(self, name: str, port: int, via_ports: list[int]) -> Proc:
+    def _chainer(self, name: str, port: int, via_ports: list[int], loop: str = "auto") -> Proc:
         config = self.workdir / f"{name}.yaml"
         config.write_text(chainer_config(port, via_ports))
-        return self._serve(name, config)
+        return self._serve(name, config, loop)
 
-    def _serve(self, name: str, config: Path) -> Proc:
+    def _serve(self, name: str, config: Path, loop: str = "auto") -> Proc:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        argv = [sys.executable, "-m", "chainer", "serve", "-c", str(config)]
+        argv = [sys.executable, "-m", "chainer", "serve", "-c", str(config), "--loop", loop]
         return self.spawn(name, [*argv, "--log-level", "warning"], env=env)
 
     def start_socat(self, name: str, target_port: int) -> Contender:

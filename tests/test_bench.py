@@ -28,7 +28,7 @@ def test_bench_smoke_runs_and_writes_json(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Targets (issue 7)" in done.stdout
+    assert "Targets (issues 7 and 18)" in done.stdout
 
     result = json.loads(out.read_text())
     sections = {"meta", "throughput", "setups", "hop_cost", "idle_memory", "table", "targets"}

@@ -32,12 +32,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import anyio
 from anyio.abc import ByteStream
 
 from ..text import transport_reason
 from .result import RelayResult, StillCounter
-from .sockstream import SockStream
+from .sockstream import SockStream, wait_fd
 from .streams import PrefixedStream
 
 AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
@@ -128,7 +127,7 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         try:
             sent = sock.send(view)
         except BlockingIOError:
-            await anyio.wait_writable(sock.fileno())
+            await wait_fd(sock.fileno(), True)
             continue
         view = view[sent:]
 

@@ -36,7 +36,7 @@ __all__ = ["CloseWatch", "watch_for_close"]
 class CloseWatch:
     closed: bool = False  # reset while the dial ran: it was cancelled
     half_closed: bool = False  # the client sent its end of stream before our answer
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _fd: int = -1
 
@@ -48,7 +48,8 @@ class CloseWatch:
         except OSError:
             self._stop()
             self.closed = True
-            self.scope.cancel()
+            if self.scope is not None:
+                self.scope.cancel()
             return
         self._stop()
         self.half_closed = not peeked
@@ -64,13 +65,16 @@ class CloseWatch:
 @contextmanager
 def watch_for_close(client: SockStream | None) -> Iterator[CloseWatch]:
     """Run the block in a scope that is cancelled if `client` closes; `.closed` says
-    whether that happened. None: no watching (the block just runs)."""
-    watch = CloseWatch()
+    whether that happened. None: no watching (the block just runs, with no scope)."""
     loop = _running_asyncio_loop()
+    if client is None or loop is None or client.sock.fileno() < 0:
+        yield CloseWatch()
+        return
+    watch = CloseWatch(scope=anyio.CancelScope())
+    assert watch.scope is not None
     with watch.scope:
-        if client is not None and loop is not None and client.sock.fileno() >= 0:
-            watch._sock, watch._fd, watch._loop = client.sock, client.sock.fileno(), loop
-            loop.add_reader(watch._fd, watch._check)
+        watch._sock, watch._fd, watch._loop = client.sock, client.sock.fileno(), loop
+        loop.add_reader(watch._fd, watch._check)
         try:
             yield watch
         finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +60,14 @@ class Plan:
                 with_ssh=True,
             )
         full = (1000, 2000, 5000, 10000)
-        return Plan(mode, 5, GIB, 5, 2.0, 0.3, 3, full, (0, 1, 3), True, with_ssh=True)
+        return Plan(mode, 5, GIB, 9, 1.0, 0.3, 3, full, (0, 1, 3), True, with_ssh=True)
 
 
 # Whom a contender's set-up figures are compared with (default: pproxy, same concurrency).
 REFERENCE = {"chainer-ssh": "pproxy-ssh", "pproxy-ssh": "pproxy-ssh"}
+
+
+DIRECT_PREFIX = "chainer-0hop"  # chainer-0hop, chainer-0hop-asyncio: the targets' rows
 
 
 def chainer_name(hops: int) -> str:
@@ -143,9 +146,13 @@ def setups(
         jobs[f"{name}@c1"] = (c, 1)
         if name in (chainer_name(0), "pproxy") or c.reference is not None:
             jobs[f"{name}@c50"] = (c, 50)
+
+    def reference(label: str) -> str | None:
+        return reference_of(label, contenders, jobs)
+
     rounds: Rounds = []
     for n in range(plan.setup_rounds):
-        order = _beside_references(_shuffled(rng, list(jobs)), contenders, rng)
+        order = _beside_references(_shuffled(rng, list(jobs)), reference, contenders, rng)
         samples: dict[str, dict[str, Any]] = {}
         for label in order:
             c, concurrency = jobs[label]
@@ -168,15 +175,6 @@ def setups(
         rounds.append({"order": order, "samples": samples})
         log(f"set-up round {n + 1}: " + _brief(samples, "per_s", "/s"))
 
-    def reference(label: str) -> str | None:
-        name, _, conc = label.partition("@")
-        c = contenders.get(name)
-        if c is not None and c.reference:
-            ref = f"{c.reference}@{conc}"  # another chainer, run beside it
-        else:
-            ref = f"{REFERENCE.get(name, 'pproxy')}@{conc}"
-        return ref if ref in jobs else None
-
     summary = {
         "per_s": summarize(rounds, "per_s", reference),
         "p50_ms": summarize(rounds, "p50_ms", reference),
@@ -186,17 +184,40 @@ def setups(
     return {"rounds": rounds, "summary": summary, "hop_cost": _hop_cost(rounds)}
 
 
+def reference_of(
+    label: str, contenders: dict[str, Contender], labels: Collection[str]
+) -> str | None:
+    """The set-up sample `label` ("name@cN") is compared with, if it is in `labels`."""
+    name, _, conc = label.partition("@")
+    c = contenders.get(name)
+    if c is not None and c.reference:
+        ref = f"{c.reference}@{conc}"  # another chainer, run beside it
+    else:
+        ref = f"{REFERENCE.get(name, 'pproxy')}@{conc}"
+    return ref if ref in labels and ref != label else None
+
+
 def _beside_references(
-    order: list[str], contenders: dict[str, Contender], rng: random.Random
+    order: list[str],
+    reference: Callable[[str], str | None],
+    contenders: dict[str, Contender],
+    rng: random.Random,
 ) -> list[str]:
-    """A contender compared with another chainer (`reference`) runs right before or
-    after it in the round, on a random side: the two samples of a ratio are taken
-    seconds apart, not a whole round apart, so a machine busy with other work at one
-    moment weighs on both."""
-    for label in list(order):
-        name, conc = label.split("@")
+    """Every sample runs right before or after the sample it is compared with, on a
+    random side: the two samples of a ratio are taken seconds apart, not a whole round
+    apart. This VM's speed drifts by up to 1.5x between moments (the same process's CPU
+    per set-up moved from 480 to 710 us across rounds), and a ratio of two moments
+    measures the drift. Those compared with pproxy are placed first — the targets'
+    direct chainers last among them, so that they end up nearest — then those compared
+    with another chainer (beside that one, wherever it went)."""
+
+    def turn(label: str) -> tuple[bool, bool]:
+        name = label.split("@")[0]
         c = contenders.get(name)
-        ref = f"{c.reference}@{conc}" if c is not None and c.reference else None
+        return c is not None and c.reference is not None, name.startswith(DIRECT_PREFIX)
+
+    for label in sorted(order, key=turn):
+        ref = reference(label)
         if ref is None or ref not in order:
             continue
         order.remove(label)

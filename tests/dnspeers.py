@@ -121,16 +121,16 @@ def spy_resolver(
 def _bind_pair(
     make: Callable[[int], socket.socket], host: str, port: int
 ) -> tuple[socket.socket, socket.socket]:
-    """UDP and TCP on one port (a port the kernel picks for UDP may be taken for TCP:
-    a few tries)."""
+    """UDP and TCP on one port: TCP picks it (a port the kernel picks for UDP is often
+    taken for TCP on a busy machine, by a client's TIME_WAIT), and a few tries."""
     for attempt in range(10):
         udp = make(socket.SOCK_DGRAM)
         tcp = make(socket.SOCK_STREAM)
         try:
-            udp.bind((host, port))
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((host, udp.getsockname()[1]))
+            tcp.bind((host, port))
             tcp.listen(16)
+            udp.bind((host, tcp.getsockname()[1]))
         except OSError:
             udp.close()
             tcp.close()

@@ -70,18 +70,20 @@ def bind_dns(listen: Sequence[Address]) -> list[tuple[socket.socket, socket.sock
 
 def _bind_pair(address: Address) -> tuple[socket.socket, socket.socket]:
     family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
-    # A port the kernel picks for UDP may be taken for TCP: a few tries.
+    # Port 0: TCP picks first. A port the kernel picks for UDP is often taken for TCP
+    # on a busy machine (a client's TIME_WAIT holds its port for a minute); one it picks
+    # for a TCP listener is seldom taken for UDP. Still, a few tries.
     for attempt in range(8):
+        tcp = sockstream.listen(address.host, address.port, backlog=128)
         udp = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
                 udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            udp.bind((address.host, address.port))
+            udp.bind((address.host, int(tcp.getsockname()[1])))
             udp.setblocking(False)
-            port = int(udp.getsockname()[1])
-            tcp = sockstream.listen(address.host, port, backlog=128)
         except OSError as exc:
             udp.close()
+            tcp.close()
             if address.port == 0 and exc.errno == errno.EADDRINUSE and attempt < 7:
                 continue
             raise

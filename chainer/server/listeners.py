@@ -3,7 +3,7 @@
 `bind` opens every listener's socket, or none. `accept` runs one listener's loop: on
 EMFILE and the like it backs off instead of spinning or dying; over max_connections a
 client is turned away with a 503; everyone else is counted by `Occupancy` and handed to
-`handle` as a task of the server's connection group. The allow-list is checked by the
+`handle` as a task of the server's connections (tasks.py). The allow-list is checked by the
 connection itself (`Door.allows`), so that a denied client still gets its access line.
 
 On a `proxy_protocol: true` listener the client is not who connected: a load balancer
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ..inbound import error_response, send_quietly
 from ..inbound.transparent import reset_on_close
@@ -37,6 +36,7 @@ from ..proto.proxy_protocol import ProxyHeader, ProxyHeaderReader
 from ..relay import sockstream
 from ..relay.sockstream import SockStream
 from ..text import cannot_listen
+from .tasks import ConnectionTasks
 
 log = logging.getLogger("chainer")
 
@@ -165,7 +165,7 @@ async def accept(
     sock: socket.socket,
     listener: Listener,
     occupancy: Occupancy,
-    connections: TaskGroup,
+    connections: ConnectionTasks,
     handle: Handle,
 ) -> None:
     """Accept until cancelled; the listening socket is closed when this ends."""

@@ -26,6 +26,7 @@ from .connection import Shared, handle
 from .listeners import Occupancy, accept, address, bind
 from .metrics import Metrics
 from .registry import Registry
+from .tasks import ConnectionTasks
 from .throttle import LoginThrottle
 from .tunnels import Tunnels
 
@@ -149,19 +150,17 @@ class Server:
                     self.fakes,
                 )
                 connect = functools.partial(handle, shared)
-                async with anyio.create_task_group() as connections:
-                    try:
-                        async with anyio.create_task_group() as accepting:
-                            for listener, sock in sockets:
-                                accepting.start_soon(
-                                    accept, sock, listener, self.occupancy, connections, connect
-                                )
-                            task_status.started(list(self.bound))
-                            await self._stopping.wait()
-                            accepting.cancel_scope.cancel()
-                        await self._drain()
-                    finally:
-                        connections.cancel_scope.cancel()
+                # Leaving it cancels every connection still open and waits for each.
+                async with ConnectionTasks() as connections:
+                    async with anyio.create_task_group() as accepting:
+                        for listener, sock in sockets:
+                            accepting.start_soon(
+                                accept, sock, listener, self.occupancy, connections, connect
+                            )
+                        task_status.started(list(self.bound))
+                        await self._stopping.wait()
+                        accepting.cancel_scope.cancel()
+                    await self._drain()
         finally:
             # Each accept loop closes its socket as it stops; one cancelled before it
             # ever ran did not.

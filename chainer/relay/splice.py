@@ -9,7 +9,10 @@ readiness callbacks (no task and no cancel scope per tunnel; the relay awaits on
 future). Each direction:
 
   - splices up to PIPE_SIZE bytes from the source socket into a pipe, trying the
-    syscall first and registering for readiness only on EAGAIN;
+    syscall first and registering for readiness only on EAGAIN; the registration then
+    stays while the direction waits to read again (an add and a remove per read cost
+    uvloop five system calls), and is dropped only to wait on the destination, to
+    yield, or at the end;
   - drains the pipe completely into the destination before reading again;
   - after a few chunks in a row, yields to the event loop so one busy tunnel cannot
     starve others;
@@ -141,6 +144,7 @@ class _Direction:
     in_pipe: int = 0
     eof: bool = False
     finished: bool = False
+    reading: bool = False  # a reader callback is registered on src
 
 
 class Tunnel:
@@ -191,6 +195,7 @@ class Tunnel:
                 try:
                     moved = os.splice(d.pipe[0], d.dst, d.in_pipe, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
+                    self._stop_reading(d)  # the source may stay readable meanwhile
                     loop.add_writer(d.dst, self._writable, d)
                     return
                 d.in_pipe -= moved
@@ -206,22 +211,27 @@ class Tunnel:
             except BlockingIOError:
                 self.pipes.give(d.pipe)  # empty: an idle direction holds no pipe
                 d.pipe = None
-                loop.add_reader(d.src, self._readable, d)
+                if not d.reading:
+                    loop.add_reader(d.src, self._step, d)
+                    d.reading = True
                 return
             if n == 0:
                 d.eof = True
             d.in_pipe = n
+        self._stop_reading(d)  # the turn below is the next step, not a readiness call too
         loop.call_soon(self._step, d)  # busy: let other tunnels have a turn
 
-    def _readable(self, d: _Direction) -> None:
-        self.loop.remove_reader(d.src)
-        self._step(d)
+    def _stop_reading(self, d: _Direction) -> None:
+        if d.reading:
+            self.loop.remove_reader(d.src)
+            d.reading = False
 
     def _writable(self, d: _Direction) -> None:
         self.loop.remove_writer(d.dst)
         self._step(d)
 
     def _half_close(self, d: _Direction) -> None:
+        self._stop_reading(d)
         with contextlib.suppress(OSError):  # the other side may be gone already
             self.socks[d.dst].shutdown(socket.SHUT_WR)
         d.finished = True

@@ -4,6 +4,7 @@ a task that fails is logged and the others go on."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import anyio
@@ -86,3 +87,45 @@ async def test_a_task_started_while_closing_runs_cancelled() -> None:
             tasks.cancel()
             tasks.start_soon(late)
     assert cleaned == [True]  # it ran (closing what it was given) and was cancelled
+
+
+async def test_a_plain_asyncio_cancel_still_waits_for_every_task() -> None:
+    """asyncio's runner cancels the main task at Ctrl-C, past anyio's shields: the owner
+    still waits for every task's cleanup before it passes the cancel on."""
+    ended: list[str] = []
+
+    async def forever() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.1)
+            ended.append("cleaned")
+
+    async def serving(started: anyio.Event) -> None:
+        async with ConnectionTasks() as tasks:
+            tasks.start_soon(forever)
+            started.set()
+            await anyio.sleep_forever()
+
+    started = anyio.Event()
+    server = asyncio.get_running_loop().create_task(serving(started))
+    await started.wait()
+    await anyio.sleep(0.01)
+    server.cancel()  # into the owner's block: its exit begins
+    await anyio.sleep(0.02)
+    server.cancel()  # and again while the exit waits
+    with anyio.fail_after(5):
+        with pytest.raises(asyncio.CancelledError):
+            await server
+    assert ended == ["cleaned"]
+
+
+async def test_no_task_starts_once_the_owner_has_exited() -> None:
+    async def nothing() -> None:
+        pass
+
+    async with ConnectionTasks() as tasks:
+        pass
+    with pytest.raises(RuntimeError):
+        tasks.start_soon(nothing)

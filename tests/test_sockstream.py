@@ -110,3 +110,17 @@ async def test_a_cancelled_receive_leaves_the_stream_usable() -> None:
         with anyio.fail_after(5):
             assert await stream.receive() == b"after"
         stream.close()
+
+
+async def test_a_second_reader_at_once_is_refused_not_left_hanging() -> None:
+    a, b = socket.socketpair()
+    stream = SockStream(a)
+    with b:
+        async with stream, anyio.create_task_group() as tg:
+            tg.start_soon(stream.receive)
+            await anyio.sleep(0.01)
+            with pytest.raises(anyio.BusyResourceError):
+                await stream.receive()
+            b.sendall(b"x")  # the first reader still gets it
+            await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()

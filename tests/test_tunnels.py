@@ -205,3 +205,30 @@ async def test_an_ended_tunnel_is_freed_without_the_garbage_collector(pairs: lis
             assert gone() is None
     finally:
         gc.enable()
+
+
+async def test_a_bug_in_a_tunnel_ends_it_once_and_says_so(
+    pairs: list[Pair], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its reader stays registered between reads: a bug must end the tunnel, not make
+    the loop call it again on every turn."""
+    ended: list[RelayResult] = []
+    calls: list[int] = []
+
+    def broken(self: splice.Tunnel, d: object) -> None:
+        calls.append(1)
+        raise ValueError("a bug")
+
+    async with Tunnels(PipePool()) as tunnels:
+        pair = pairs[0]
+        await tunnels.hand_off(*pair.streams, 60.0, ended.append)
+        monkeypatch.setattr(splice.Tunnel, "_move", broken)
+        with caplog.at_level(logging.ERROR, "chainer"):
+            pair.client.sendall(b"x")
+            await wait_until(lambda: bool(ended))
+            await anyio.sleep(0.05)
+    assert [r.error for r in ended] == ["internal error"]
+    assert len(calls) == 1
+    with pytest.raises(ConnectionResetError):  # closed with the byte unread: a reset
+        pair.client.recv(10)
+    assert any("internal error" in r.getMessage() for r in caplog.records)

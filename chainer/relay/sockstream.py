@@ -45,6 +45,10 @@ _Wait = tuple[asyncio.Future[bool], bool]
 async def wait_fd(fd: int, writable: bool, holder: list[_Wait] | None = None) -> None:
     """Until `fd` is readable (or writable). `holder`, when given, holds the wait while it
     lasts, so that closing the stream can end it (`end_waits`: ClosedResourceError)."""
+    if holder and any(w == writable for _, w in holder):
+        # The loop keeps one callback per fd and direction: a second waiter would
+        # silently take the first one's place, and the first would wait forever.
+        raise anyio.BusyResourceError("writing to" if writable else "reading from")
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[bool] = loop.create_future()
     if writable:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import sys
@@ -41,6 +42,8 @@ from ..text import transport_reason
 from .result import RelayResult, StillCounter
 from .sockstream import SockStream, wait_fd
 from .streams import PrefixedStream
+
+log = logging.getLogger("chainer")
 
 AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
 PIPE_SIZE = 1 << 20
@@ -186,6 +189,11 @@ class Tunnel:
             self._move(d)
         except OSError as exc:
             self._finish(f"{'client' if d.index == 0 else 'upstream'}: {transport_reason(exc)}")
+        except Exception:
+            # A bug costs this tunnel, once: its reader, still registered, would otherwise
+            # call again on every turn of the loop.
+            log.exception("spliced tunnel: internal error")
+            self._finish("internal error")
 
     def _move(self, d: _Direction) -> None:
         loop = self.loop

@@ -31,6 +31,7 @@ class ConnectionTasks:
     def __init__(self) -> None:
         self._scopes: dict[asyncio.Task[None], anyio.CancelScope] = {}
         self._closing = False
+        self._exited = False
 
     def __len__(self) -> int:
         return len(self._scopes)
@@ -45,9 +46,19 @@ class ConnectionTasks:
         tb: TracebackType | None,
     ) -> None:
         self.cancel()
+        interrupted: BaseException | None = None
         with anyio.CancelScope(shield=True):
-            while self._scopes:  # a task ending may not start another (start_soon refuses)
-                await asyncio.wait(list(self._scopes))
+            while self._scopes:
+                try:
+                    await asyncio.wait(list(self._scopes))
+                except asyncio.CancelledError as exc:
+                    # A plain asyncio cancel of the serving task (the runner's, at
+                    # Ctrl-C) passes anyio's shield: wait on regardless, as anyio's task
+                    # groups do, and pass it on once every task has ended.
+                    interrupted = exc
+        self._exited = True
+        if interrupted is not None:
+            raise interrupted
 
     def cancel(self) -> None:
         """Cancel every task (each ends as it would when its task group is cancelled);
@@ -57,6 +68,8 @@ class ConnectionTasks:
             scope.cancel()
 
     def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self._exited:
+            raise RuntimeError("no connection task may start once their owner has exited")
         scope = anyio.CancelScope()
         if self._closing:
             scope.cancel()  # it still runs, cancelled at its first wait, and closes up

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, with_pproxy=False)
     started = time.monotonic()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    source = _source()  # what the contenders run: read before any of them starts
 
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     result["meta"]["started"] = started_at
     result["meta"]["duration_s"] = round(time.monotonic() - started, 1)
+    result["meta"].update(source)
+    # Instances started later in the run (the memory phase's fresh ones) run whatever
+    # is there then: say whether that moved.
+    result["meta"]["chainer_changed_during_run"] = _source() != source
 
     big = phase_table.targets(result["big_table"], result["setups"])
     result["table"] = [r.as_json() for r in rows]
@@ -365,16 +370,29 @@ def _targets(tp: dict[str, Any], su: dict[str, Any], mem: dict[str, Any]) -> lis
     ]
 
 
+def _out(argv: list[str], having: str = "") -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = [line for line in done.stdout.splitlines() if having in line]
+    return lines[0].strip() if done.returncode == 0 and lines else ""
+
+
+def _source() -> dict[str, Any]:
+    """The chainer commit, and whether chainer/ differs from it (read-only)."""
+    return {
+        "chainer_commit": _out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "chainer_modified": bool(
+            _out(["git", "-C", str(ROOT), "status", "--porcelain", "--", "chainer"])
+        ),
+    }
+
+
 def _meta(
     plan: Plan, seed: int, nofile: int, contenders: list[str], notes: list[str]
 ) -> dict[str, Any]:
-    def out(argv: list[str], having: str = "") -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        lines = [line for line in done.stdout.splitlines() if having in line]
-        return lines[0].strip() if done.returncode == 0 and lines else ""
+    out = _out
 
     cpu = next(
         (
@@ -395,11 +413,6 @@ def _meta(
             "python": platform.python_version(),
             "loadavg_at_end": os.getloadavg(),
         },
-        "chainer_commit": out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
-        # Read-only: whether the measured chainer/ differs from that commit.
-        "chainer_modified": bool(
-            out(["git", "-C", str(ROOT), "status", "--porcelain", "--", "chainer"])
-        ),
         "socat": out(["socat", "-V"], "socat version") if shutil.which("socat") else None,
         "rlimit_nofile": nofile,
         "contenders": contenders,

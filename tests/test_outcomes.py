@@ -41,6 +41,7 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 
 import anyio  # noqa: E402
+import anyio.abc  # noqa: E402
 import pytest  # noqa: E402
 from fakes import running_chainer, start_hop, task_group  # noqa: E402
 
@@ -80,6 +81,42 @@ async def test_a_client_that_leaves_a_forwarded_request_ends_the_upstream_at_onc
                 await origin.closed_event.wait()
             line = await wait_for_line(caplog, "dest=127.0.0.1")
     assert "outcome=client_closed" in line
+
+
+@pytest.mark.anyio
+async def test_a_client_that_closes_once_it_has_its_whole_answer_is_ok(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A browser reads the Content-Length and closes; the origin's own close reaches
+    chainer a moment later. That is a finished exchange, not a client that gave up."""
+    caplog.set_level(logging.INFO, logger="chainer")
+    body = b"whole answer"
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def origin(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(answer)
+            await anyio.sleep(0.1)  # the origin closes after the client has left
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, task_group() as tg:
+        tg.start_soon(listener.serve, origin)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        text = "listen: ['127.0.0.1:0']\nroutes: [{match: '*', via: direct}]\n"
+        async with running_chainer(text, tmp_path) as bound:
+            client = await anyio.connect_tcp(*bound[0])
+            request = f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n"
+            await client.send(request.encode())
+            got = b""
+            with anyio.fail_after(5):
+                while not got.endswith(body):
+                    got += await client.receive()
+            await client.aclose()  # as soon as it has it all
+            line = await wait_for_line(caplog, f"dest=127.0.0.1:{port}")
+        tg.cancel_scope.cancel()
+    assert "outcome=ok" in line, line
+    assert f"down={len(got)}" in line, line
 
 
 @pytest.mark.anyio

@@ -28,6 +28,10 @@ from .result import BadRequestBody, ClientClosed, RelayResult, StillCounter
 
 CHUNK = 262144
 LINGER = 1.0  # after an end that cannot be passed on (TLS), the rest must move this often
+# A forwarded exchange: a client that has read its whole answer (by Content-Length) may
+# close before the upstream's own end reaches us. This long for that end tells a
+# finished exchange from one the client gave up on.
+ANSWER_GRACE = 0.25
 
 
 async def relay(
@@ -89,12 +93,17 @@ async def _run(
     result: RelayResult,
 ) -> None:
     open_directions = 2
+    answered = anyio.Event()  # the upstream's side has ended normally
 
     async def run(direction: Callable[[Linger], Awaitable[None]], upward: bool) -> None:
         nonlocal open_directions
         try:
             await direction(linger)
         except ClientClosed:
+            with anyio.move_on_after(ANSWER_GRACE):
+                await answered.wait()
+            if answered.is_set():
+                return  # a finished exchange: the other direction ends the relay
             result.client_closed = True
             result.error = result.error or "client closed before the answer ended"
             tg.cancel_scope.cancel()
@@ -110,6 +119,8 @@ async def _run(
             tg.cancel_scope.cancel()
             return
         open_directions -= 1
+        if not upward:
+            answered.set()
         if open_directions == 0 or (end_with_upstream and not upward):
             tg.cancel_scope.cancel()
 

@@ -62,7 +62,7 @@ class ConnectionTasks:
 
     def cancel(self) -> None:
         """Cancel every task (each ends as it would when its task group is cancelled);
-        no new one starts."""
+        one started after this runs cancelled, closing what it was given."""
         self._closing = True
         for scope in self._scopes.values():
             scope.cancel()
